@@ -1,0 +1,106 @@
+"""One process: services under a manager, the HTTP app, signal handling. The runner is this with one service."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from manager.config import Config
+from manager.http import AdminApp, create_app
+from manager.manager import RestartPolicy, SchedulerManager
+from manager.metrics import SchedulerMetrics
+from manager.server import bind, serve_http
+from services.base import BaseSchedulerService
+from services.clock import Clock, SystemClock
+from services.registry import get_type
+from services.runs import RunStore
+from storage.engine import create_engine, ping
+
+log = logging.getLogger("manager")
+
+
+@dataclass
+class Platform:
+    """Everything one process runs, wired together but not started."""
+
+    config: Config
+    engine: AsyncEngine
+    store: RunStore
+    manager: SchedulerManager
+    metrics: SchedulerMetrics
+    admin: AdminApp
+
+
+def build(config: Config, *, only: str | None = None, clock: Clock | None = None) -> Platform:
+    """Wire the services named in config (or just `only`) to one engine, manager, metrics and HTTP app."""
+    settings = config.platform
+    clock = clock or SystemClock()
+    engine = create_engine(settings.database_url.get_secret_value())
+    store = RunStore(engine, settings.node_id)
+    grace = settings.scheduler_shutdown_grace.total_seconds()
+    specs = [config.service(only)] if only else [spec for spec in config.services if spec.config.enabled]
+    services: list[BaseSchedulerService] = [
+        get_type(spec.type_name)(spec.name, spec.config, store=store, clock=clock, shutdown_grace=grace)
+        for spec in specs
+    ]
+    manager = SchedulerManager(
+        services,
+        policy=RestartPolicy(
+            enabled=settings.scheduler_auto_restart,
+            max_restarts=settings.scheduler_max_restarts,
+            delay=settings.scheduler_restart_delay,
+        ),
+        autostart=settings.scheduler_enabled,
+        force_update=settings.scheduler_force_update,
+        shutdown_grace=grace,
+        clock=clock,
+        exit_when_down=only is not None,
+    )
+    metrics = SchedulerMetrics()
+    for service in services:
+        metrics.watch(service)
+    manager.on_restart(lambda name: metrics.restarts.labels(name).inc())
+    token = settings.scheduler_admin_token.get_secret_value() if settings.scheduler_admin_token else None
+    admin = AdminApp(manager, metrics, store, admin_token=token, ping=lambda: ping(engine))
+    return Platform(config, engine, store, manager, metrics, admin)
+
+
+async def serve(platform: Platform, *, host: str, port: int) -> int:
+    """Run until SIGTERM/SIGINT (drain) or a second signal (cancel at once). Returns the exit code."""
+    sock = bind(host, port)
+    manager = platform.manager
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_signals, manager, tg.cancel_scope)
+            server = await tg.start(serve_http, create_app(platform.admin), sock)
+            log.info("admin HTTP on http://%s:%d (health: /api/admin/schedulers/health)", host,
+                     sock.getsockname()[1])
+            await manager.run()
+            server.should_exit = True
+            tg.cancel_scope.cancel()  # stop the signal watcher; uvicorn has already closed
+    finally:
+        with anyio.CancelScope(shield=True):
+            await platform.engine.dispose()
+        sock.close()
+    log.info("stopped (exit code %d)", manager.exit_code)
+    return manager.exit_code
+
+
+async def _watch_signals(manager: SchedulerManager, scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not manager.draining:
+                log.info("%s: draining (no new runs, in-flight runs get %.0fs); send it again to exit at once",
+                         name, manager.shutdown_grace)
+                manager.request_shutdown()
+            else:
+                log.warning("second %s: cancelling in-flight runs now", name)
+                for service in manager.services:
+                    service.shutdown_grace = 0
+                    service._cancel_current(f"cancelled by a second {name}")
+                scope.deadline = anyio.current_time() + 5  # a last bound on the cleanup writes

@@ -1,0 +1,164 @@
+"""Command lines of `python -m manager` and `python -m runner` (the runner is the manager with one service).
+
+Exit codes: 0 clean shutdown or success, 1 a run failed / the service ended in ERROR / the database is
+unusable, 2 bad configuration or an unknown scheduler name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from manager import app, logs
+from manager.config import Config, ConfigError, load_config, redacted
+from services.registry import UnknownService, service_types
+from services.runs import RunStatus
+from storage import migrate
+from storage.errors import StorageConfigError, explain
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML config file (default: $SCHEDULER_CONFIG_FILE)")
+    parser.add_argument("--host", help="admin HTTP host (default: $SCHEDULER_HTTP_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="admin HTTP port (default: $SCHEDULER_HTTP_PORT or 8080)")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    logs.configure(config.platform.log_format, config.platform.log_level)
+    return config
+
+
+async def _check_schema(url: str) -> str | None:
+    """None when the database is at the code's migration head, else what to do about it."""
+    try:
+        at = await migrate.current(url)
+    except Exception as exc:
+        return explain(exc, url)
+    wanted = migrate.head()
+    if at != wanted:
+        return (f"the database is at migration {at or '(none)'} but this version needs {wanted}: "
+                "run `python -m manager migrate` (or `make migrate`)")
+    return None
+
+
+def run_platform(args: argparse.Namespace, only: str | None = None) -> int:
+    try:
+        config = _load(args)
+        if only is not None:
+            config.service(only)  # unknown names exit 2 with the valid list
+        platform = app.build(config, only=only)
+    except (ConfigError, StorageConfigError, UnknownService) as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    settings = config.platform
+    url = settings.database_url.get_secret_value()
+    problem = anyio.run(_check_schema, url)
+    if problem:
+        return _fail(problem, EXIT_FAILED)
+    host = args.host or settings.scheduler_http_host
+    port = settings.scheduler_http_port if args.port is None else args.port
+    try:
+        return anyio.run(lambda: app.serve(platform, host=host, port=port))
+    except OSError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    url = config.platform.database_url.get_secret_value()
+    try:
+        anyio.run(migrate.upgrade, url)
+    except StorageConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except Exception as exc:
+        return _fail(explain(exc, url), EXIT_FAILED)
+    print(f"database at migration {migrate.head()}")
+    return EXIT_OK
+
+
+def manager_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m manager", description="Run every enabled scheduler service.")
+    sub = parser.add_subparsers(dest="command")
+    _common(parser)
+    _common(sub.add_parser("run", help="run all enabled services (the default)"))
+    _common(sub.add_parser("migrate", help="apply database migrations and exit"))
+    args = parser.parse_args(argv)
+    if args.command == "migrate":
+        return run_migrate(args)
+    return run_platform(args)
+
+
+def runner_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runner", description="Run one scheduler service.")
+    parser.add_argument("-s", "--scheduler", help="the service instance to run, e.g. run-history-retention")
+    parser.add_argument("-l", "--list", action="store_true", help="list the registered services and exit")
+    parser.add_argument("--once", action="store_true", help="run once now; exit 0 on success, 1 on failure")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate and print the effective config (secrets redacted)")
+    _common(parser)
+    args = parser.parse_args(argv)
+    if args.list:
+        try:
+            config = load_config(args.config)
+        except ConfigError:
+            config = None
+        for name, cls in service_types().items():
+            print(f"{name:28} {cls.display_name}: {cls.description}")
+        if config:
+            for spec in config.services:
+                if spec.name != spec.type_name:
+                    print(f"{spec.name:28} instance of {spec.type_name}")
+        return EXIT_OK
+    if not args.scheduler:
+        return _fail(f"--scheduler is required; valid names: {', '.join(service_types())}", EXIT_CONFIG)
+    if args.check_config:
+        try:
+            config = load_config(args.config)
+            spec = config.service(args.scheduler)
+        except (ConfigError, UnknownService) as exc:
+            return _fail(str(exc), EXIT_CONFIG)
+        effective = redacted(config)
+        effective["services"] = {spec.name: effective["services"][spec.name]}
+        print(json.dumps(effective, indent=2))
+        return EXIT_OK
+    if args.once:
+        return run_once(args)
+    return run_platform(args, only=args.scheduler)
+
+
+def run_once(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+        config.service(args.scheduler)
+        platform = app.build(config, only=args.scheduler)
+    except (ConfigError, StorageConfigError, UnknownService) as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    url = config.platform.database_url.get_secret_value()
+
+    async def once() -> int:
+        problem = await _check_schema(url)
+        if problem:
+            return _fail(problem, EXIT_FAILED)
+        try:
+            outcome = await platform.manager.services[0].run_now()
+        finally:
+            await platform.engine.dispose()
+        print(f"{args.scheduler}: {outcome.value}")
+        return EXIT_OK if outcome is RunStatus.SUCCEEDED else EXIT_FAILED
+
+    return anyio.run(once)

@@ -1,0 +1,254 @@
+"""Configuration: platform settings and service instances, from env vars and an optional YAML file.
+
+Precedence: env var > YAML file > default. Platform settings use the names in the README
+(`SCHEDULER_*`, `DATABASE_URL`, `LOG_FORMAT`); each service instance reads `<NAME>_<FIELD>` where NAME is
+the instance name in upper snake case (`csv-import` -> `CSV_IMPORT_INTERVAL`, `CSV_IMPORT_TIMEOUT`, ...).
+
+The YAML file looks like::
+
+    scheduler:            # platform settings without their SCHEDULER_ prefix
+      http_port: 8080
+      admin_token: ${SCHEDULER_ADMIN_TOKEN}
+    database_url: ${DATABASE_URL:-sqlite:///./var/scheduler.db}
+    services:
+      run-history-retention:
+        max_age: 14d
+      retention-fast:     # a second instance of a type, with its own settings and env prefix
+        type: run-history-retention
+        interval: "@every 10m"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from services.config import Seconds, ServiceConfig
+from services.registry import UnknownService, get_type, service_types
+
+
+class ConfigError(ValueError):
+    """Bad configuration. The message is one line naming the variable (or file key) and what it expected."""
+
+
+class PlatformSettings(BaseSettings):
+    """Process-wide settings. Field names are the env var names, lower-cased."""
+
+    model_config = SettingsConfigDict(extra="forbid", case_sensitive=False, env_ignore_empty=True)
+
+    scheduler_enabled: bool = True
+    scheduler_auto_restart: bool = True
+    scheduler_max_restarts: int = 3
+    scheduler_restart_delay: Seconds = timedelta(seconds=5)
+    scheduler_instance_id: str | None = None
+    scheduler_http_host: str = "127.0.0.1"
+    scheduler_http_port: int = 8080
+    scheduler_admin_token: SecretStr | None = None
+    scheduler_shutdown_grace: Seconds = timedelta(seconds=30)
+    scheduler_config_file: Path | None = None
+    scheduler_force_update: bool = False
+    database_url: SecretStr = SecretStr("sqlite:///./var/scheduler.db")
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)  # env beats the YAML file (passed as init values)
+
+    @field_validator("scheduler_http_port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        if not 0 <= value <= 65535:
+            raise ValueError("must be a TCP port between 0 and 65535")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def node_id(self) -> str:
+        return self.scheduler_instance_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    type_name: str
+    config: ServiceConfig
+
+    @property
+    def env_prefix(self) -> str:
+        return env_prefix(self.name)
+
+
+@dataclass(frozen=True)
+class Config:
+    platform: PlatformSettings
+    services: list[ServiceSpec]
+    source: Path | None
+
+    def service(self, name: str) -> ServiceSpec:
+        for spec in self.services:
+            if spec.name == name:
+                return spec
+        raise UnknownService(name, [spec.name for spec in self.services])
+
+
+def env_prefix(instance: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", instance).upper() + "_"
+
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(value: Any, env: Mapping[str, str], where: str = "") -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string of a parsed YAML tree (`$$` is a literal $)."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: ${{{name}}} is not set (write ${{{name}:-default}} to give a default)")
+
+    return _VAR.sub(replace, value)
+
+
+def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"SCHEDULER_CONFIG_FILE: {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{at}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping (scheduler:, database_url:, services:)")
+    return dict(interpolate(raw, env))
+
+
+def _explain(exc: ValidationError, names: Mapping[str, str]) -> str:
+    """One line for the first error: the variable's name, what it expected and what it got."""
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else ""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown setting"
+    given = error.get("input")
+    secret = "token" in field or "url" in field or "password" in field
+    shown = "" if given is None or isinstance(given, dict) or secret else f" (got {given!r})"
+    return f"{names.get(field, field)}: {message}{shown}"
+
+
+def load_config(config_file: Path | None = None) -> Config:
+    """Read and validate everything; raise ConfigError with a one-line message on the first problem."""
+    env = dict(os.environ)
+    path = config_file or (Path(env["SCHEDULER_CONFIG_FILE"]) if env.get("SCHEDULER_CONFIG_FILE") else None)
+    data = _read_file(path, env) if path else {}
+    where = str(path) if path else "config"
+
+    file_platform: dict[str, Any] = {}
+    for key, value in (data.get("scheduler") or {}).items():
+        file_platform[f"scheduler_{key}"] = value
+    for key, value in data.items():
+        if key not in ("scheduler", "services"):
+            file_platform[key] = value
+    platform_names = {
+        name: name.upper() if env.get(name.upper()) or name not in file_platform
+        else f"{name.removeprefix('scheduler_') if name.startswith('scheduler_') else name} in {where}"
+        for name in PlatformSettings.model_fields
+    }
+    try:
+        platform = PlatformSettings(**file_platform)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, platform_names)) from None
+
+    services = [
+        _load_service(name, body, env, where) for name, body in _instances(data.get("services") or {}, where).items()
+    ]
+    return Config(platform=platform, services=services, source=path)
+
+
+def _instances(section: Any, where: str) -> dict[str, dict[str, Any]]:
+    """Every registered type gets a default instance named after it; the file may configure or add more."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: services must be a mapping of instance name to settings")
+    instances: dict[str, dict[str, Any]] = {name: {"type": name} for name in service_types()}
+    for name, body in section.items():
+        body = dict(body or {})
+        body.setdefault("type", name)
+        if not isinstance(body["type"], str):
+            raise ConfigError(f"{where}: services.{name}.type must be a scheduler type name")
+        instances[str(name)] = body
+    return instances
+
+
+def _load_service(name: str, body: dict[str, Any], env: Mapping[str, str], where: str) -> ServiceSpec:
+    type_name = body.pop("type")
+    try:
+        cls = get_type(type_name)
+    except UnknownService as exc:
+        raise ConfigError(f"{where}: services.{name}: {exc}") from None
+    prefix = env_prefix(name)
+    values = dict(body)
+    names = {field: f"services.{name}.{field} in {where}" for field in values}
+    for field in cls.config_class.model_fields:
+        variable = prefix + field.upper()
+        if env.get(variable, "") != "":
+            values[field] = env[variable]
+            names[field] = variable
+    for field in cls.config_class.model_fields:
+        names.setdefault(field, prefix + field.upper())
+    try:
+        config = cls.config_class.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, names)) from None
+    return ServiceSpec(name=name, type_name=type_name, config=config)
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The effective configuration with secrets hidden, for `--check-config` and the admin API."""
+    from storage.url import redact
+
+    platform = config.platform.model_dump(mode="json")
+    platform["database_url"] = redact(config.platform.database_url.get_secret_value())
+    platform["scheduler_admin_token"] = "***" if config.platform.scheduler_admin_token else None
+    platform["node_id"] = config.platform.node_id
+    return {
+        "source": str(config.source) if config.source else None,
+        "platform": platform,
+        "services": {
+            spec.name: {"type": spec.type_name, **spec.config.model_dump(mode="json")} for spec in config.services
+        },
+    }

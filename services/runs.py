@@ -1,0 +1,281 @@
+"""Run records and service state in the database. The insert of a run row is the claim of its fire time."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Insert, Table, delete, func, insert, select, update
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from storage.schema import runs, service_state
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # a tick found the previous run still going
+    MISSED = "missed"  # fire times older than the misfire grace when the service came back
+    ABANDONED = "abandoned"  # the node running it died (lease expired)
+
+
+TERMINAL = frozenset(RunStatus) - {RunStatus.RUNNING}
+
+
+class Trigger(StrEnum):
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
+    RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    scheduler: str
+    scheduled_for: datetime
+    attempt: int
+    trigger: str
+    status: str
+    node: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None
+    lag_seconds: float | None
+    items_processed: int
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "scheduler": self.scheduler,
+            "scheduledFor": _iso(self.scheduled_for),
+            "attempt": self.attempt,
+            "trigger": self.trigger,
+            "status": self.status,
+            "node": self.node,
+            "startedAt": _iso(self.started_at),
+            "finishedAt": _iso(self.finished_at),
+            "durationSeconds": self.duration_seconds,
+            "lagSeconds": self.lag_seconds,
+            "itemsProcessed": self.items_processed,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    scheduler: str
+    paused: bool
+    overrides: dict[str, Any]
+    anchor_at: datetime | None
+    last_fire_at: datetime | None
+    status: str
+    consecutive_failures: int
+    node: str | None
+    updated_at: datetime
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def new_run_id() -> str:
+    return str(uuid.uuid4())
+
+
+def insert_ignoring_conflicts(conn: AsyncConnection, table: Table) -> Insert:
+    """An INSERT that skips rows violating a unique constraint instead of raising, on every engine."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    if dialect in ("mysql", "mariadb"):
+        return mysql.insert(table).prefix_with("IGNORE")
+    return insert(table)
+
+
+class RunStore:
+    """All database access of the scheduling core. Every method is one short transaction."""
+
+    def __init__(self, engine: AsyncEngine, node: str) -> None:
+        self.engine = engine
+        self.node = node
+
+    async def claim(
+        self,
+        scheduler: str,
+        scheduled_for: datetime,
+        *,
+        attempt: int,
+        trigger: Trigger,
+        started_at: datetime,
+    ) -> str | None:
+        """Insert the running row for (scheduler, scheduled_for, attempt); None when another node has it."""
+        run_id = new_run_id()
+        row = {
+            "id": run_id,
+            "scheduler": scheduler,
+            "scheduled_for": scheduled_for,
+            "attempt": attempt,
+            "trigger": trigger.value,
+            "status": RunStatus.RUNNING.value,
+            "node": self.node,
+            "started_at": started_at,
+            "lag_seconds": max(0.0, (started_at - scheduled_for).total_seconds()),
+            "items_processed": 0,
+        }
+        return run_id if await self._insert_once(row) else None
+
+    async def record(
+        self, scheduler: str, scheduled_for: datetime, status: RunStatus, reason: str, *, at: datetime
+    ) -> bool:
+        """Record a fire time that did not run (skipped or missed). False when the fire time is already taken."""
+        row = {
+            "id": new_run_id(),
+            "scheduler": scheduler,
+            "scheduled_for": scheduled_for,
+            "attempt": 1,
+            "trigger": Trigger.SCHEDULE.value,
+            "status": status.value,
+            "node": self.node,
+            "finished_at": at,
+            "items_processed": 0,
+            "error": reason,
+        }
+        return await self._insert_once(row)
+
+    async def _insert_once(self, row: dict[str, Any]) -> bool:
+        async with self.engine.begin() as conn:
+            stmt = insert_ignoring_conflicts(conn, runs)
+            try:
+                result = await conn.execute(stmt, row)
+            except IntegrityError:  # engines without an ignore clause
+                return False
+            return bool(result.rowcount)
+
+    async def finish(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        finished_at: datetime,
+        duration: float,
+        items: int = 0,
+        error: str | None = None,
+    ) -> bool:
+        """Close a running row. Only a row still `running` is changed, so a late writer cannot overwrite."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING.value)
+                .values(
+                    status=status.value,
+                    finished_at=finished_at,
+                    duration_seconds=duration,
+                    items_processed=items,
+                    error=error[:4000] if error else None,
+                )
+            )
+            return bool(result.rowcount)
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(runs).where(runs.c.id == run_id))).mappings().first()
+        return RunRecord(**row) if row else None
+
+    async def list_runs(self, scheduler: str, *, limit: int, offset: int) -> tuple[list[RunRecord], int]:
+        """Newest first (by fire time, then attempt)."""
+        async with self.engine.connect() as conn:
+            total = (
+                await conn.execute(select(func.count()).select_from(runs).where(runs.c.scheduler == scheduler))
+            ).scalar_one()
+            rows = (
+                await conn.execute(
+                    select(runs)
+                    .where(runs.c.scheduler == scheduler)
+                    .order_by(runs.c.scheduled_for.desc(), runs.c.attempt.desc())
+                    .limit(limit)
+                    .offset(offset)
+                )
+            ).mappings()
+            return [RunRecord(**row) for row in rows], int(total)
+
+    async def last_fire_time(self, scheduler: str) -> datetime | None:
+        """The newest scheduled fire time any node has claimed or recorded: where the schedule resumes."""
+        async with self.engine.connect() as conn:
+            value: datetime | None = (
+                await conn.execute(
+                    select(func.max(runs.c.scheduled_for)).where(
+                        runs.c.scheduler == scheduler, runs.c.trigger != Trigger.MANUAL.value
+                    )
+                )
+            ).scalar_one()
+        return value  # max() keeps the column type, so this is aware UTC
+
+    async def close_orphans(self, scheduler: str, *, at: datetime, reason: str) -> int:
+        """Mark this node's own `running` rows left by a previous process as abandoned."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(runs)
+                .where(
+                    runs.c.scheduler == scheduler,
+                    runs.c.node == self.node,
+                    runs.c.status == RunStatus.RUNNING.value,
+                )
+                .values(status=RunStatus.ABANDONED.value, finished_at=at, error=reason)
+            )
+            return int(result.rowcount)
+
+    async def delete_runs_before(self, cutoff: datetime, *, batch_size: int) -> int:
+        """Delete up to `batch_size` finished run rows whose fire time is older than `cutoff`."""
+        async with self.engine.begin() as conn:
+            ids = (
+                await conn.execute(
+                    select(runs.c.id)
+                    .where(runs.c.scheduled_for < cutoff, runs.c.status != RunStatus.RUNNING.value)
+                    .limit(batch_size)
+                )
+            ).scalars().all()
+            if not ids:
+                return 0
+            result = await conn.execute(delete(runs).where(runs.c.id.in_(ids)))
+            return int(result.rowcount)
+
+    async def load_state(self, scheduler: str) -> ServiceState | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(service_state).where(service_state.c.scheduler == scheduler))
+            ).mappings().first()
+        if row is None:
+            return None
+        data = dict(row)
+        data["overrides"] = data["overrides"] or {}
+        return ServiceState(**data)
+
+    async def save_state(self, scheduler: str, *, updated_at: datetime, **values: Any) -> None:
+        """Upsert the service's state row with the given columns."""
+        values = {**values, "updated_at": updated_at, "node": self.node}
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(service_state).where(service_state.c.scheduler == scheduler).values(**values)
+            )
+            if result.rowcount:
+                return
+            defaults: dict[str, Any] = {"paused": False, "status": "STOPPED", "consecutive_failures": 0}
+            await conn.execute(
+                insert_ignoring_conflicts(conn, service_state),
+                {**defaults, **values, "scheduler": scheduler},
+            )
+            # A concurrent first insert by another node wins the race; apply our values on top.
+            await conn.execute(
+                update(service_state).where(service_state.c.scheduler == scheduler).values(**values)
+            )
