@@ -102,5 +102,5 @@ async def _watch_signals(manager: SchedulerManager, scope: anyio.CancelScope) ->
                 log.warning("second %s: cancelling in-flight runs now", name)
                 for service in manager.services:
                     service.shutdown_grace = 0
-                    service._cancel_current(f"cancelled by a second {name}")
+                    service.cancel_current_run(f"cancelled by a second {name}")
                 scope.deadline = anyio.current_time() + 5  # a last bound on the cleanup writes

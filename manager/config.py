@@ -20,6 +20,7 @@ The YAML file looks like::
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import socket
@@ -57,6 +58,7 @@ class PlatformSettings(BaseSettings):
     scheduler_shutdown_grace: Seconds = timedelta(seconds=30)
     scheduler_config_file: Path | None = None
     scheduler_force_update: bool = False
+    scheduler_plugins: str = ""  # comma-separated modules that register extra service types
     database_url: SecretStr = SecretStr("sqlite:///./var/scheduler.db")
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -177,6 +179,7 @@ def load_config(config_file: Path | None = None) -> Config:
     path = config_file or (Path(env["SCHEDULER_CONFIG_FILE"]) if env.get("SCHEDULER_CONFIG_FILE") else None)
     data = _read_file(path, env) if path else {}
     where = str(path) if path else "config"
+    _import_plugins(env.get("SCHEDULER_PLUGINS") or (data.get("scheduler") or {}).get("plugins") or "")
 
     file_platform: dict[str, Any] = {}
     for key, value in (data.get("scheduler") or {}).items():
@@ -198,6 +201,18 @@ def load_config(config_file: Path | None = None) -> Config:
         _load_service(name, body, env, where) for name, body in _instances(data.get("services") or {}, where).items()
     ]
     return Config(platform=platform, services=services, source=path)
+
+
+def _import_plugins(modules: str | list[str]) -> None:
+    """Import the modules that register user-defined service types (SCHEDULER_PLUGINS=pkg.mod,other.mod)."""
+    names = modules.split(",") if isinstance(modules, str) else modules
+    for module in (name.strip() for name in names):
+        if not module:
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"SCHEDULER_PLUGINS: cannot import {module!r}: {exc}") from None
 
 
 def _instances(section: Any, where: str) -> dict[str, dict[str, Any]]:

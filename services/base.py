@@ -218,6 +218,16 @@ class BaseSchedulerService(ABC):
     def current_run_id(self) -> str | None:
         return self._current.run_id if self._current else None
 
+    @property
+    def serving(self) -> bool:
+        """True between `serve()` being entered and returning."""
+        return not self._stopped.is_set()
+
+    @property
+    def retry_pending(self) -> bool:
+        """True while a failed run waits out its retry delay."""
+        return self._current is not None and self._current.waiting_to_retry
+
     def next_runs(self, count: int, now: datetime | None = None) -> list[datetime]:
         """The next `count` fire times after now (or after the cursor, whichever is later)."""
         after = max(now or self.clock.now(), self._cursor)
@@ -295,7 +305,7 @@ class BaseSchedulerService(ABC):
         if grace is not None:
             self.shutdown_grace = grace
         if self._current is not None and self._current.waiting_to_retry:
-            self._cancel_current("stopped while waiting to retry")
+            self.cancel_current_run("stopped while waiting to retry")
         self._wake()
         await self._stopped.wait()
 
@@ -485,10 +495,11 @@ class BaseSchedulerService(ABC):
         with anyio.move_on_after(self.shutdown_grace):
             await handle.done.wait()
         if not handle.done.is_set():
-            self._cancel_current(f"shutdown grace of {self.shutdown_grace:.0f}s elapsed")
+            self.cancel_current_run(f"shutdown grace of {self.shutdown_grace:.0f}s elapsed")
             await handle.done.wait()
 
-    def _cancel_current(self, reason: str) -> None:
+    def cancel_current_run(self, reason: str) -> None:
+        """Cancel the in-flight run (it is recorded as cancelled with `reason`)."""
         if self._current is not None:
             self._current.cancel_reason = reason
             self._current.scope.cancel()
