@@ -61,9 +61,7 @@ def build(config: Config, *, only: str | None = None, clock: Clock | None = None
         exit_when_down=only is not None,
     )
     metrics = SchedulerMetrics()
-    for service in services:
-        metrics.watch(service)
-    manager.on_restart(lambda name: metrics.restarts.labels(name).inc())
+    metrics.attach(manager)
     token = settings.scheduler_admin_token.get_secret_value() if settings.scheduler_admin_token else None
     admin = AdminApp(manager, metrics, store, admin_token=token, ping=lambda: ping(engine))
     return Platform(config, engine, store, manager, metrics, admin)

@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from manager.manager import SchedulerManager
 from services.base import BaseSchedulerService
 from services.events import Event, NextRunChanged, RunFinished, RunSkipped, RunStarted, StatusChanged
 from services.runs import TERMINAL
@@ -54,6 +55,12 @@ class SchedulerMetrics:
                                 ["scheduler"], registry=r)
         build = Gauge("scheduler_build_info", "Build information.", ["version", "python"], registry=r)
         build.labels(version=package_version(), python=platform.python_version()).set(1)
+
+    def attach(self, manager: SchedulerManager) -> None:
+        """Follow every service of the manager and count its automatic restarts."""
+        for service in manager.services:
+            self.watch(service)
+        manager.on_restart(lambda name: self.restarts.labels(name).inc())
 
     def watch(self, service: BaseSchedulerService) -> None:
         """Create every label combination for the service now, then follow its events."""
