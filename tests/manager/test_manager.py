@@ -78,7 +78,7 @@ async def test_service_in_error_is_restarted_until_the_budget_is_spent(store: Ru
     manager.on_restart(restarts.append)
     metrics = SchedulerMetrics()
     metrics.attach(manager)
-    admin = AdminApp(manager, metrics, store, admin_token=None, ping=lambda: anyio.sleep(0))
+    admin = AdminApp(manager, metrics, store, admin_token=None, ping=anyio.lowlevel.checkpoint)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(admin)), base_url="http://test")
 
     async with anyio.create_task_group() as tg:

@@ -101,6 +101,10 @@ async def wait_runs(store: RunStore, predicate: Callable[[list[RunRecord]], bool
     return result
 
 
+def _finished_at_least(count: int) -> Callable[[list[RunRecord]], bool]:
+    return lambda records: sum(r.status != "running" for r in records) >= count
+
+
 def finished(status: str, count: int = 1) -> Callable[[list[RunRecord]], bool]:
     return lambda records: sum(r.status == status for r in records) >= count
 
@@ -192,7 +196,7 @@ async def test_streak_is_consecutive_not_cumulative(make: Factory, store: RunSto
     async with serving(service):
         for count in range(1, 6):
             clock.advance(60)
-            await wait_runs(store, lambda r, c=count: len([x for x in r if x.status != "running"]) >= c, f"run {count}")
+            await wait_runs(store, _finished_at_least(count), f"run {count}")
         assert service.status is ServiceStatus.RUNNING
         assert service.metrics.consecutive_failures == 2
 
@@ -269,7 +273,7 @@ async def test_pause_and_resume_persist(make: Factory, store: RunStore, clock: F
         await restarted.resume()
         assert await runs_of(store) == []  # fire times inside the pause are not owed
         clock.advance(60)
-        (run,) = await wait_runs(store, finished("succeeded"), "the first run after resume")
+        await wait_runs(store, finished("succeeded"), "the first run after resume")
     state = await store.load_state("job")
     assert state is not None and state.paused is False
 

@@ -31,8 +31,7 @@ class ProbeService(BaseSchedulerService):
     async def run_once(self, ctx: RunContext) -> None:
         assert isinstance(self.config, ProbeConfig)
         if self.config.marker_dir:
-            with open(os.path.join(self.config.marker_dir, ctx.run_id), "w") as marker:
-                marker.write(ctx.scheduled_for.isoformat())
+            await anyio.Path(os.path.join(self.config.marker_dir, ctx.run_id)).write_text(ctx.scheduled_for.isoformat())
         await anyio.sleep(self.config.duration.total_seconds())
         ctx.add_items(1)
         if self.config.fail:

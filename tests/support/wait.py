@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+import inspect
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 
-T = TypeVar("T")
 
-
-async def until(check: Callable[[], Awaitable[T]] | Callable[[], T], timeout: float = 10.0,
-                interval: float = 0.01, what: str = "condition") -> T:
-    """Return the first truthy result of `check()`; fail the test after `timeout` seconds."""
+async def until(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01,  # noqa: ASYNC109
+                what: str = "condition") -> Any:
+    """Return the first truthy result of `check()` (sync or async); fail the test after `timeout` seconds."""
     try:
         with anyio.fail_after(timeout):
             while True:
                 result = check()
-                if isinstance(result, Awaitable):
+                if inspect.isawaitable(result):
                     result = await result
                 if result:
-                    return result  # type: ignore[return-value]
+                    return result
                 await anyio.sleep(interval)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
