@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from manager import app, logs
 from manager.config import Config, ConfigError, load_config, redacted
 from services.registry import UnknownService, service_types
 from services.runs import RunStatus
-from storage import migrate
+from storage import revision
 from storage.errors import StorageConfigError, explain
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -41,13 +42,13 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
-async def _check_schema(url: str) -> str | None:
+async def _check_schema(engine: AsyncEngine, url: str) -> str | None:
     """None when the database is at the code's migration head, else what to do about it."""
     try:
-        at = await migrate.current(url)
+        at = await revision.database_revision(engine)
     except Exception as exc:
         return explain(exc, url)
-    wanted = migrate.head()
+    wanted = revision.HEAD
     if at != wanted:
         return (f"the database is at migration {at or '(none)'} but this version needs {wanted}: "
                 "run `python -m manager migrate` (or `make migrate`)")
@@ -64,18 +65,25 @@ def run_platform(args: argparse.Namespace, only: str | None = None) -> int:
         return _fail(str(exc), EXIT_CONFIG)
     settings = config.platform
     url = settings.database_url.get_secret_value()
-    problem = anyio.run(_check_schema, url)
-    if problem:
-        return _fail(problem, EXIT_FAILED)
     host = args.host or settings.scheduler_http_host
     port = settings.scheduler_http_port if args.port is None else args.port
+
+    async def main() -> int:
+        problem = await _check_schema(platform.engine, url)
+        if problem:
+            await platform.engine.dispose()
+            return _fail(problem, EXIT_FAILED)
+        return await app.serve(platform, host=host, port=port)
+
     try:
-        return anyio.run(lambda: app.serve(platform, host=host, port=port))
+        return anyio.run(main)
     except OSError as exc:
         return _fail(str(exc), EXIT_FAILED)
 
 
 def run_migrate(args: argparse.Namespace) -> int:
+    from storage import migrate  # Alembic is only needed here
+
     try:
         config = _load(args)
     except ConfigError as exc:
@@ -151,8 +159,9 @@ def run_once(args: argparse.Namespace) -> int:
     url = config.platform.database_url.get_secret_value()
 
     async def once() -> int:
-        problem = await _check_schema(url)
+        problem = await _check_schema(platform.engine, url)
         if problem:
+            await platform.engine.dispose()
             return _fail(problem, EXIT_FAILED)
         try:
             outcome = await platform.manager.services[0].run_now()

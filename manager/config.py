@@ -30,7 +30,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -145,6 +144,8 @@ def interpolate(value: Any, env: Mapping[str, str], where: str = "") -> Any:
 
 
 def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    import yaml  # only when a file is used
+
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -9,7 +9,6 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Insert, Table, delete, func, insert, select, update
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -93,13 +92,20 @@ def new_run_id() -> str:
 
 def insert_ignoring_conflicts(conn: AsyncConnection, table: Table) -> Insert:
     """An INSERT that skips rows violating a unique constraint instead of raising, on every engine."""
+    # Dialect modules are imported on use: each pulls in all of its driver adapters (megabytes of RSS).
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
     if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
     if dialect in ("mysql", "mariadb"):
-        return mysql.insert(table).prefix_with("IGNORE")
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        return mysql_insert(table).prefix_with("IGNORE")
     return insert(table)
 
 
