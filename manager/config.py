@@ -118,6 +118,8 @@ def env_prefix(instance: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "_", instance).upper() + "_"
 
 
+# Lower case only: MariaDB compares names case-insensitively, so "Digest" and "digest" would collide there.
+_INSTANCE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -222,6 +224,11 @@ def _instances(section: Any, where: str) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"{where}: services must be a mapping of instance name to settings")
     instances: dict[str, dict[str, Any]] = {name: {"type": name} for name in service_types()}
     for name, body in section.items():
+        if not isinstance(name, str) or not _INSTANCE_NAME.match(name):
+            raise ConfigError(
+                f"{where}: services.{name}: instance names use lower-case letters, digits and '-' "
+                "(at most 100 characters, starting with a letter or digit)"
+            )
         body = dict(body or {})
         body.setdefault("type", name)
         if not isinstance(body["type"], str):

@@ -118,6 +118,9 @@ def test_file_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     file.write_text("services:\n  probe:\n    timeout: -5s\n")
     with pytest.raises(ConfigError, match=r"services\.probe\.timeout in"):
         load_config(file)
+    file.write_text("services:\n  Probe_EU:\n    type: probe\n")
+    with pytest.raises(ConfigError, match="instance names use lower-case letters"):
+        load_config(file)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "absent.yaml")
     monkeypatch.setenv("SCHEDULER_PLUGINS", "no.such.module")
