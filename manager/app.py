@@ -77,6 +77,8 @@ async def serve(platform: Platform, *, host: str, port: int) -> int:
             server = await tg.start(serve_http, create_app(platform.admin), sock)
             log.info("admin HTTP on http://%s:%d (health: /api/admin/schedulers/health)", host,
                      sock.getsockname()[1])
+            if platform.admin.admin_token is None:
+                log.warning("admin actions (trigger, pause, ...) are disabled: set SCHEDULER_ADMIN_TOKEN to enable")
             await manager.run()
             server.should_exit = True
             tg.cancel_scope.cancel()  # stop the signal watcher; uvicorn has already closed
