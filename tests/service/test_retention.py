@@ -35,7 +35,7 @@ async def test_deletes_only_old_finished_runs_in_batches(store: RunStore) -> Non
     stuck = now - timedelta(days=90)
     assert await store.claim("other", stuck, attempt=1, trigger=Trigger.SCHEDULE, started_at=stuck)
     service = RunHistoryRetentionService(
-        "run-history-retention", RetentionConfig(max_age="30d", batch_size=3), store=store, clock=clock
+        "run-history-retention", RetentionConfig(max_age=timedelta(days=30), batch_size=3), store=store, clock=clock
     )
     outcome = await service.run_now()
     assert outcome is RunStatus.SUCCEEDED
