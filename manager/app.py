@@ -12,10 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from manager.config import Config
 from manager.http import AdminApp, create_app
 from manager.manager import RestartPolicy, SchedulerManager
-from manager.metrics import SchedulerMetrics
+from manager.metrics import SchedulerMetrics, package_version
 from manager.server import bind, serve_http
 from services.base import BaseSchedulerService
-from services.clock import Clock, SystemClock
+from services.clock import Clock
+from services.coordination import Coordinator, DatabaseAlignedClock
 from services.registry import get_type
 from services.runs import RunStore
 from storage.engine import create_engine, ping
@@ -30,6 +31,7 @@ class Platform:
     config: Config
     engine: AsyncEngine
     store: RunStore
+    coordinator: Coordinator
     manager: SchedulerManager
     metrics: SchedulerMetrics
     admin: AdminApp
@@ -38,13 +40,20 @@ class Platform:
 def build(config: Config, *, only: str | None = None, clock: Clock | None = None) -> Platform:
     """Wire the services named in config (or just `only`) to one engine, manager, metrics and HTTP app."""
     settings = config.platform
-    clock = clock or SystemClock()
     engine = create_engine(settings.database_url.get_secret_value())
     store = RunStore(engine, settings.node_id)
+    aligned = DatabaseAlignedClock(offset=settings.scheduler_clock_offset)
+    coordinator = Coordinator(
+        engine, settings.node_id, lock_ttl=settings.scheduler_lock_ttl.total_seconds(),
+        heartbeat_interval=settings.scheduler_heartbeat_interval.total_seconds(), clock=aligned,
+        version=package_version(),
+    )
+    clock = clock or aligned
     grace = settings.scheduler_shutdown_grace.total_seconds()
     specs = [config.service(only)] if only else [spec for spec in config.services if spec.config.enabled]
     services: list[BaseSchedulerService] = [
-        get_type(spec.type_name)(spec.name, spec.config, store=store, clock=clock, shutdown_grace=grace)
+        get_type(spec.type_name)(spec.name, spec.config, store=store, clock=clock, shutdown_grace=grace,
+                                 coordinator=coordinator)
         for spec in specs
     ]
     manager = SchedulerManager(
@@ -64,7 +73,7 @@ def build(config: Config, *, only: str | None = None, clock: Clock | None = None
     metrics.attach(manager)
     token = settings.scheduler_admin_token.get_secret_value() if settings.scheduler_admin_token else None
     admin = AdminApp(manager, metrics, store, admin_token=token, ping=lambda: ping(engine))
-    return Platform(config, engine, store, manager, metrics, admin)
+    return Platform(config, engine, store, coordinator, manager, metrics, admin)
 
 
 async def serve(platform: Platform, *, host: str, port: int) -> int:
@@ -75,6 +84,9 @@ async def serve(platform: Platform, *, host: str, port: int) -> int:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals, manager, tg.cancel_scope)
             server = await tg.start(serve_http, create_app(platform.admin), sock)
+            # The coordinator starts first (the clock is aligned before anything fires) and stops last:
+            # leases are renewed until every in-flight run has finished or been cancelled.
+            await tg.start(platform.coordinator.run)
             log.info("admin HTTP on http://%s:%d (health: /api/admin/schedulers/health)", host,
                      sock.getsockname()[1])
             if platform.admin.admin_token is None:

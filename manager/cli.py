@@ -164,7 +164,10 @@ def run_once(args: argparse.Namespace) -> int:
             await platform.engine.dispose()
             return _fail(problem, EXIT_FAILED)
         try:
-            outcome = await platform.manager.services[0].run_now()
+            async with anyio.create_task_group() as tg:
+                await tg.start(platform.coordinator.run)  # renews the run's lease while it works
+                outcome = await platform.manager.services[0].run_now()
+                tg.cancel_scope.cancel()
         finally:
             await platform.engine.dispose()
         print(f"{args.scheduler}: {outcome.value}")

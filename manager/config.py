@@ -30,10 +30,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import SecretStr, ValidationError, field_validator
+from pydantic import SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from services.config import Seconds, ServiceConfig
+from services.config import Seconds, ServiceConfig, format_duration
 from services.registry import UnknownService, get_type, service_types
 
 
@@ -58,6 +58,9 @@ class PlatformSettings(BaseSettings):
     scheduler_config_file: Path | None = None
     scheduler_force_update: bool = False
     scheduler_plugins: str = ""  # comma-separated modules that register extra service types
+    scheduler_lock_ttl: Seconds = timedelta(seconds=60)
+    scheduler_heartbeat_interval: Seconds = timedelta(seconds=15)
+    scheduler_clock_offset: Seconds = timedelta(0)  # testing aid: pretend this node's clock is skewed
     database_url: SecretStr = SecretStr("sqlite:///./var/scheduler.db")
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -79,6 +82,16 @@ class PlatformSettings(BaseSettings):
         if not 0 <= value <= 65535:
             raise ValueError("must be a TCP port between 0 and 65535")
         return value
+
+    @model_validator(mode="after")
+    def _heartbeat_below_ttl(self) -> PlatformSettings:
+        ttl, beat = self.scheduler_lock_ttl, self.scheduler_heartbeat_interval
+        if beat <= timedelta(0) or beat * 3 > ttl:
+            raise ValueError(
+                f"SCHEDULER_HEARTBEAT_INTERVAL ({format_duration(beat)}) must be positive and at most a third of "
+                f"SCHEDULER_LOCK_TTL ({format_duration(ttl)}), so a lease survives two missed heartbeats"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -168,6 +181,8 @@ def _explain(exc: ValidationError, names: Mapping[str, str]) -> str:
     error = exc.errors()[0]
     field = str(error["loc"][0]) if error["loc"] else ""
     message = str(error["msg"]).removeprefix("Value error, ")
+    if not field:
+        return message  # a rule across fields names its variables itself
     if error["type"] == "extra_forbidden":
         message = "unknown setting"
     given = error.get("input")
@@ -186,6 +201,12 @@ def load_config(config_file: Path | None = None) -> Config:
 
     file_platform: dict[str, Any] = {}
     for key, value in (data.get("scheduler") or {}).items():
+        if key == "ha" and isinstance(value, dict):  # the seed's shape: scheduler.ha.{node_id, lock_ttl, ...}
+            for ha_key, ha_value in value.items():
+                target = {"node_id": "instance_id", "enabled": "ha_enabled"}.get(ha_key, ha_key)
+                if target != "ha_enabled":  # coordination is always on; accepted for compatibility
+                    file_platform[f"scheduler_{target}"] = ha_value
+            continue
         file_platform[f"scheduler_{key}"] = value
     for key, value in data.items():
         if key not in ("scheduler", "services"):

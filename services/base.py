@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from services.clock import Clock, SystemClock
 from services.config import ServiceConfig
+from services.coordination import Busy, Coordinator, ExpiredLease, Lease
 from services.events import (
     ConfigUpdated,
     Event,
@@ -54,9 +55,13 @@ class ServiceError(RuntimeError):
 
 
 class RunInProgress(ServiceError):
-    def __init__(self, service: str, run_id: str | None) -> None:
-        super().__init__(f"{service}: a run is already in progress ({run_id})")
+    def __init__(self, service: str, run_id: str | None, where: str = "") -> None:
+        super().__init__(f"{service}: a run is already in progress ({run_id}{where})")
         self.run_id = run_id
+
+
+class LeaseBusy(RunInProgress):
+    """The fire time was claimed here, but another node's run of the service still holds the lease."""
 
 
 class RunLogger(logging.LoggerAdapter[logging.Logger]):
@@ -80,6 +85,7 @@ class _RunHandle:
     cancel_reason: str | None = None
     waiting_to_retry: bool = False
     outcome: RunStatus | None = None
+    lease: Lease | None = None
 
 
 @dataclass
@@ -102,7 +108,17 @@ class RunContext:
 
     def still_owner(self) -> bool:
         """False once this run has been asked to stop (timeout, shutdown, or a lost lease)."""
-        return self._handle.cancel_reason is None and not self._handle.scope.cancel_called
+        lease = self._handle.lease
+        return (
+            self._handle.cancel_reason is None
+            and not self._handle.scope.cancel_called
+            and (lease is None or not lease.lost.is_set())
+        )
+
+    @property
+    def fencing_token(self) -> int | None:
+        """The lease token this run holds; include it in writes that must not outlive the lease."""
+        return self._handle.lease.token if self._handle.lease else None
 
 
 @dataclass
@@ -171,8 +187,10 @@ class BaseSchedulerService(ABC):
         store: RunStore,
         clock: Clock | None = None,
         shutdown_grace: float = 30.0,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self.name = name
+        self.coordinator = coordinator  # None: one process, no leases (unit tests, embedded use)
         self.configured = config  # what start-up configuration says; runtime overrides apply on top
         self.config = config
         self.store = store
@@ -193,6 +211,8 @@ class BaseSchedulerService(ABC):
         self._stop_requested = False
         self._stopped = anyio.Event()
         self._stopped.set()
+        if coordinator is not None:
+            coordinator.on_expired(name, self._on_expired_lease)
 
     # ------------------------------------------------------------------ the contract for subclasses
 
@@ -451,6 +471,12 @@ class BaseSchedulerService(ABC):
             return
         try:
             handle = await self._claim_new(scheduled_for, Trigger.SCHEDULE)
+        except LeaseBusy as busy:
+            self.metrics.skipped_runs += 1
+            self.events.emit(RunSkipped(service=self.name, at=now, scheduled_for=scheduled_for,
+                                        outcome=RunStatus.SKIPPED.value, count=1, reason=str(busy)))
+            self.log.warning("skipped the %s fire: %s", scheduled_for.isoformat(), busy)
+            return
         except RunInProgress:
             self.log.debug("fire time %s already claimed by another node", scheduled_for.isoformat())
             return
@@ -472,7 +498,37 @@ class BaseSchedulerService(ABC):
                 self._current = None
         if handle.run_id is None:
             raise RunInProgress(self.name, None)
+        if self.coordinator is not None:
+            try:
+                await self._acquire_lease(handle)
+            except BaseException:
+                self._current = None
+                raise
         return handle
+
+    async def _acquire_lease(self, handle: _RunHandle) -> None:
+        """Hold the service's lease for the claimed run, or close the claim as skipped when it is busy."""
+        assert self.coordinator is not None and handle.run_id is not None
+        now = self.clock.now()
+        try:
+            lease = await self.coordinator.acquire(self.name, handle.run_id)
+        except Exception:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_TIMEOUT):
+                await self._quietly(self.store.resolve(handle.run_id, RunStatus.SKIPPED,
+                                                       "could not acquire the lease (database error)", at=now))
+            raise
+        if isinstance(lease, Busy):
+            where = f" on {lease.holder}" if lease.holder else ""
+            reason = f"previous run {lease.run_id}{where} still in progress"
+            await self.store.resolve(handle.run_id, RunStatus.SKIPPED, reason, at=now)
+            raise LeaseBusy(self.name, lease.run_id, where)
+        handle.lease = lease
+
+    async def _quietly(self, work: Any) -> None:
+        try:
+            await work
+        except Exception as exc:
+            self.log.warning("bookkeeping write failed: %s", exc)
 
     async def _idle(self, until: datetime | None) -> None:
         """Sleep until `until` (forever if None); `_wake()` ends the sleep early."""
@@ -510,30 +566,16 @@ class BaseSchedulerService(ABC):
         """Run one fire time's attempts; owns the service's run slot until it returns."""
         try:
             with handle.scope:
-                while True:
-                    outcome = await self._attempt(handle)
-                    handle.outcome = outcome
-                    if outcome in (RunStatus.SUCCEEDED, RunStatus.CANCELLED):
-                        break
-                    if handle.attempt > self.config.max_retries or self._stop_requested:
-                        break
-                    delay = self.config.retry_delay * self.config.retry_backoff ** (handle.attempt - 1)
-                    handle.waiting_to_retry = True
-                    await self.clock.sleep(delay.total_seconds())
-                    handle.waiting_to_retry = False
-                    handle.attempt += 1
-                    try:
-                        run_id = await self.store.claim(
-                            self.name, handle.scheduled_for, attempt=handle.attempt, trigger=Trigger.RETRY,
-                            started_at=self.clock.now(),
-                        )
-                    except Exception as exc:
-                        self.log.error("could not claim retry attempt %d: %s", handle.attempt, exc)
-                        break
-                    if run_id is None:
-                        break  # another node took over this fire time's retries
-                    handle.run_id = run_id
+                async with anyio.create_task_group() as guard:
+                    if handle.lease is not None:
+                        guard.start_soon(self._guard_lease, handle, handle.lease)
+                    await self._attempts(handle)
+                    guard.cancel_scope.cancel()
         finally:
+            if handle.lease is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_TIMEOUT):
+                    if not handle.lease.lost.is_set():
+                        await self._quietly(self.coordinator.release(handle.lease))  # type: ignore[union-attr]
             self._current = None
             handle.done.set()
         if handle.outcome is RunStatus.SUCCEEDED:
@@ -541,6 +583,92 @@ class BaseSchedulerService(ABC):
         elif handle.outcome in (RunStatus.FAILED, RunStatus.TIMED_OUT):
             await self._count_failure()
         self._wake()
+
+    async def _guard_lease(self, handle: _RunHandle, lease: Lease) -> None:
+        """Cancel the run as soon as its lease is lost: a successor may already be running it."""
+        reason = await lease.wait_lost()
+        self.log.error("lease of %s lost: %s; cancelling run %s", self.name, reason, handle.run_id)
+        handle.cancel_reason = f"lease lost: {reason}"
+        handle.scope.cancel()
+
+    async def _attempts(self, handle: _RunHandle) -> None:
+        """The fire time's attempts: the first (already claimed) and its retries with backoff."""
+        while True:
+            outcome = await self._attempt(handle)
+            handle.outcome = outcome
+            if outcome in (RunStatus.SUCCEEDED, RunStatus.CANCELLED):
+                return
+            if handle.attempt > self.config.max_retries or self._stop_requested:
+                return
+            delay = self.config.retry_delay * self.config.retry_backoff ** (handle.attempt - 1)
+            handle.waiting_to_retry = True
+            await self.clock.sleep(delay.total_seconds())
+            handle.waiting_to_retry = False
+            handle.attempt += 1
+            try:
+                run_id = await self.store.claim(
+                    self.name, handle.scheduled_for, attempt=handle.attempt, trigger=Trigger.RETRY,
+                    started_at=self.clock.now(),
+                )
+                if run_id is not None and handle.lease is not None and self.coordinator is not None:
+                    await self.coordinator.set_run(handle.lease, run_id)
+            except Exception as exc:
+                self.log.error("could not claim retry attempt %d: %s", handle.attempt, exc)
+                return
+            if run_id is None:
+                return  # another node took over this fire time's retries
+            handle.run_id = run_id
+
+    # ------------------------------------------------------------------ takeover of a dead node's run
+
+    def _on_expired_lease(self, expired: ExpiredLease) -> None:
+        """Called by the coordinator's heartbeat: another node's lease on this service expired."""
+        if self._tg is not None and self._current is None and not self._stop_requested:
+            self._tg.start_soon(self._take_over, expired)
+
+    async def _take_over(self, expired: ExpiredLease) -> None:
+        """Take the expired lease, mark its run abandoned, and retry it here as its next attempt."""
+        assert self.coordinator is not None
+        if self._current is not None:
+            return
+        now = self.clock.now()
+        handle = _RunHandle(scheduled_for=now, trigger=Trigger.RETRY)
+        self._current = handle  # reserve the run slot while we look
+        handed_over = False
+        try:
+            lease = await self.coordinator.acquire(self.name, expired.run_id)
+            if isinstance(lease, Busy):
+                return
+            handle.lease = lease
+            old = await self.store.get_run(expired.run_id) if expired.run_id else None
+            reason = f"node {expired.holder} stopped renewing its lease (it died or lost the database)"
+            if old is not None and await self.store.resolve(old.id, RunStatus.ABANDONED, reason, at=now):
+                self._emit_abandoned(old.scheduled_for, reason, now)
+                if old.attempt <= self.config.max_retries and not self._stop_requested:
+                    handle.scheduled_for, handle.attempt = old.scheduled_for, old.attempt + 1
+                    run_id = await self.store.claim(self.name, old.scheduled_for, attempt=handle.attempt,
+                                                    trigger=Trigger.RETRY, started_at=self.clock.now())
+                    if run_id is not None:
+                        handle.run_id = run_id
+                        await self.coordinator.set_run(lease, run_id)
+                        self.log.warning("took over %s: retrying fire time %s as attempt %d", reason,
+                                         old.scheduled_for.isoformat(), handle.attempt)
+                        assert self._tg is not None
+                        self._tg.start_soon(self._execute, handle)
+                        handed_over = True
+            if not handed_over:
+                await self.coordinator.release(lease)
+        except Exception as exc:
+            self.log.error("takeover of an expired lease failed: %s", exc)
+        finally:
+            if not handed_over:
+                if handle.lease is not None:
+                    self.coordinator.held.pop(self.name, None)
+                self._current = None
+
+    def _emit_abandoned(self, scheduled_for: datetime, reason: str, now: datetime) -> None:
+        self.events.emit(RunSkipped(service=self.name, at=now, scheduled_for=scheduled_for,
+                                    outcome=RunStatus.ABANDONED.value, count=1, reason=reason))
 
     async def _count_failure(self) -> None:
         self.metrics.consecutive_failures += 1
@@ -620,11 +748,17 @@ class BaseSchedulerService(ABC):
             self.metrics.last_error = error
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + _CLEANUP_TIMEOUT
+            lease = ctx._handle.lease
+            fence = (self.name, lease.token) if lease is not None else None
             try:
-                await self.store.finish(ctx.run_id, status, finished_at=now, duration=duration,
-                                        items=ctx.items_processed, error=error)
+                recorded = await self.store.finish(ctx.run_id, status, finished_at=now, duration=duration,
+                                                   items=ctx.items_processed, error=error, fence=fence)
             except Exception as exc:
                 ctx.logger.error("could not record the run as %s: %s", status.value, exc)
+                return
+            if not recorded:
+                ctx.logger.warning("outcome %s not recorded: the run was taken over (fencing token %s superseded)",
+                                   status.value, fence[1] if fence else None)
 
     # ------------------------------------------------------------------ status bookkeeping
 

@@ -75,7 +75,8 @@ class RunCancelled(RunFinished):
 
 @dataclass(frozen=True, kw_only=True)
 class RunSkipped(Event):
-    """A fire time that did not run: `outcome` is `skipped` (overlap) or `missed` (past the misfire grace)."""
+    """A fire time or attempt without a result: `skipped` (a run was still going), `missed` (past the
+    misfire grace) or `abandoned` (the node running it stopped renewing its lease)."""
 
     scheduled_for: datetime
     outcome: str

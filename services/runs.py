@@ -8,11 +8,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Insert, Table, delete, func, insert, select, update
+from sqlalchemy import Insert, Table, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from storage.schema import runs, service_state
+from storage.schema import leases, runs, service_state
 
 
 class RunStatus(StrEnum):
@@ -50,6 +50,7 @@ class RunRecord:
     lag_seconds: float | None
     items_processed: int
     error: str | None
+    fencing_token: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +67,7 @@ class RunRecord:
             "lagSeconds": self.lag_seconds,
             "itemsProcessed": self.items_processed,
             "error": self.error,
+            "fencingToken": self.fencing_token,
         }
 
 
@@ -177,19 +179,35 @@ class RunStore:
         duration: float,
         items: int = 0,
         error: str | None = None,
+        fence: tuple[str, int] | None = None,
     ) -> bool:
-        """Close a running row. Only a row still `running` is changed, so a late writer cannot overwrite."""
+        """Close a running row. Only a row still `running` is changed, so a late writer cannot overwrite.
+
+        With `fence=(scheduler, token)` the write also requires the service's lease to still carry that
+        fencing token: a node whose lease was taken over cannot record over its successor.
+        """
+        conditions = [runs.c.id == run_id, runs.c.status == RunStatus.RUNNING.value]
+        values: dict[str, Any] = {
+            "status": status.value, "finished_at": finished_at, "duration_seconds": duration,
+            "items_processed": items, "error": error[:4000] if error else None,
+        }
+        if fence is not None:
+            scheduler, token = fence
+            conditions.append(
+                exists().where(leases.c.scheduler == scheduler, leases.c.fencing_token == token)
+            )
+            values["fencing_token"] = token
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(runs).where(*conditions).values(**values))
+            return bool(result.rowcount)
+
+    async def resolve(self, run_id: str, status: RunStatus, reason: str, *, at: datetime) -> bool:
+        """Close a `running` row that never really ran (lease busy) or whose node died (abandoned)."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(runs)
                 .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING.value)
-                .values(
-                    status=status.value,
-                    finished_at=finished_at,
-                    duration_seconds=duration,
-                    items_processed=items,
-                    error=error[:4000] if error else None,
-                )
+                .values(status=status.value, finished_at=at, error=reason)
             )
             return bool(result.rowcount)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Double,
@@ -47,6 +48,7 @@ runs = Table(
     Column("lag_seconds", Double, nullable=True),
     Column("items_processed", Integer, nullable=False, default=0),
     Column("error", Text, nullable=True),
+    Column("fencing_token", BigInteger, nullable=True),  # the lease token the run executed under
     UniqueConstraint("scheduler", "scheduled_for", "attempt"),
     Index(None, "scheduler", "started_at"),
     Index(None, "scheduled_for"),
@@ -65,4 +67,31 @@ service_state = Table(
     Column("consecutive_failures", Integer, nullable=False, default=0),
     Column("node", String(255), nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# One row per service: who may run it right now. The token grows on every acquisition, so a node that lost
+# its lease (paused, partitioned, killed) cannot write over its successor: its writes carry an old token.
+leases = Table(
+    "scheduler_leases",
+    metadata,
+    Column("scheduler", String(100), primary_key=True),
+    Column("holder", String(255), nullable=True),  # NULL when free
+    Column("fencing_token", BigInteger, nullable=False, default=0),
+    Column("run_id", String(36), nullable=True),
+    Column("acquired_at", UTCDateTime(), nullable=True),
+    Column("expires_at", UTCDateTime(), nullable=True),  # database clock
+)
+
+# Every process that runs services: its heartbeat says it is alive (status views, health).
+nodes = Table(
+    "scheduler_nodes",
+    metadata,
+    Column("node_id", String(255), primary_key=True),
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("version", String(50), nullable=False),
+    Column("services", JSON, nullable=True),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("heartbeat_at", UTCDateTime(), nullable=False),  # database clock
+    Column("stopped_at", UTCDateTime(), nullable=True),
 )

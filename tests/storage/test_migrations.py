@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from storage import schema
 from storage.engine import create_engine
 from storage.migrate import VERSION_TABLE, current, head, include_name, target_metadata, upgrade
+from storage.revision import HEAD
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +47,7 @@ def _run(scheduled_for: datetime, attempt: int = 1, scheduler: str = "digest") -
 async def test_upgrade_empty_database_to_head_matches_metadata(db_url: str) -> None:
     assert await current(db_url) is None
     await upgrade(db_url)
-    assert await current(db_url) == head() == "0001_core"
+    assert await current(db_url) == head() == HEAD
     await upgrade(db_url)  # idempotent: a second node starting up does nothing
 
     engine = create_engine(db_url)
@@ -106,4 +107,4 @@ async def test_concurrent_upgrades_from_several_nodes(db_url: str) -> None:
     async with anyio.create_task_group() as tg:
         for _ in range(3):
             tg.start_soon(partial(anyio.run_process, command, cwd=ROOT))
-    assert await current(db_url) == "0001_core"
+    assert await current(db_url) == HEAD

@@ -1,0 +1,310 @@
+"""Coordination across processes through the database: leases with fencing tokens, node heartbeats, takeover.
+
+One `Coordinator` per process. A service that wins the claim of a fire time acquires its lease: one row per
+service naming the holder, a fencing token that grows on every acquisition, and an expiry computed by the
+database clock. The coordinator renews every lease this node holds once per heartbeat (one statement for
+all of them). A lease that cannot be renewed in time, or that another node has taken, is *lost*: the run
+under it is cancelled, and its late writes are rejected because they carry an old token.
+
+When a node dies, its lease expires; the next heartbeat of any node serving that service sees it and
+calls the service's takeover handler, which marks the run abandoned and retries it (see
+`BaseSchedulerService.take_over`). Idle cost per heartbeat: three short statements.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.clock import SystemClock
+from services.runs import insert_ignoring_conflicts
+from storage.dbclock import db_utc_now, db_utc_now_plus
+from storage.schema import leases, nodes
+
+log = logging.getLogger("services.coordination")
+
+
+@dataclass
+class Lease:
+    """This node's right to run one service, until `deadline` (event-loop time) unless renewed."""
+
+    scheduler: str
+    token: int
+    run_id: str | None
+    deadline: float
+    lost: anyio.Event = field(default_factory=anyio.Event)
+    lost_reason: str | None = None
+
+    def mark_lost(self, reason: str) -> None:
+        if not self.lost.is_set():
+            self.lost_reason = reason
+            self.lost.set()
+
+    async def wait_lost(self) -> str:
+        """Return (with the reason) once the lease is lost or its local deadline passes unrenewed."""
+        while not self.lost.is_set():
+            with anyio.move_on_at(self.deadline):
+                await self.lost.wait()
+            if anyio.current_time() >= self.deadline:
+                self.mark_lost("the lease could not be renewed within its TTL (database unreachable?)")
+        return self.lost_reason or "lease lost"
+
+
+@dataclass(frozen=True)
+class Busy:
+    """The lease is held by another live run."""
+
+    holder: str | None
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class ExpiredLease:
+    """A lease whose holder stopped renewing it: the run under it is presumed dead."""
+
+    scheduler: str
+    holder: str | None
+    run_id: str | None
+    token: int
+
+
+TakeoverHandler = Callable[[ExpiredLease], None]
+
+
+class DatabaseAlignedClock(SystemClock):
+    """The node's wall clock corrected by its measured offset from the database clock.
+
+    Every node schedules by (an estimate of) the same clock, so a node whose own clock runs ahead does not
+    fire early. `offset` is the injected skew (tests); `correction` is what the coordinator measures.
+    """
+
+    def __init__(self, offset: timedelta = timedelta(0)) -> None:
+        super().__init__(offset)
+        self.correction = timedelta(0)
+
+    def now(self) -> datetime:
+        return super().now() + self.correction
+
+
+class Coordinator:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        node_id: str,
+        *,
+        lock_ttl: float = 60.0,
+        heartbeat_interval: float = 15.0,
+        clock: DatabaseAlignedClock | None = None,
+        version: str = "",
+    ) -> None:
+        if heartbeat_interval > lock_ttl / 2:
+            raise ValueError(
+                f"heartbeat interval {heartbeat_interval:g}s must be at most half the lock TTL {lock_ttl:g}s"
+            )
+        self.engine = engine
+        self.node_id = node_id
+        self.lock_ttl = lock_ttl
+        self.heartbeat_interval = heartbeat_interval
+        self.clock = clock or DatabaseAlignedClock()
+        self.version = version
+        self.held: dict[str, Lease] = {}
+        self.healthy = False  # the last heartbeat reached the database
+        self._takeover: dict[str, TakeoverHandler] = {}
+
+    # ------------------------------------------------------------------ wiring
+
+    def on_expired(self, scheduler: str, handler: TakeoverHandler) -> None:
+        """Call `handler` when a lease of `scheduler` held by another node is found expired."""
+        self._takeover[scheduler] = handler
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Register the node, align the clock, then heartbeat until cancelled; marks the node stopped."""
+        try:
+            await self._register()
+            await self.beat()
+        except Exception as exc:
+            log.error("coordination: first heartbeat failed: %s", exc)
+        task_status.started()
+        try:
+            while True:
+                await anyio.sleep(self.heartbeat_interval)
+                await self.beat()
+        finally:
+            with anyio.CancelScope(shield=True) as scope:
+                scope.deadline = anyio.current_time() + 5
+                await self._unregister()
+
+    # ------------------------------------------------------------------ leases
+
+    def _lease_seconds(self) -> float:
+        # Assume the lease lost a little before the database would: our clock started before its statement.
+        return self.lock_ttl - min(1.0, self.lock_ttl * 0.05)
+
+    async def acquire(self, scheduler: str, run_id: str | None) -> Lease | Busy:
+        """Take the service's lease if it is free or expired; the token grows by one on every acquisition."""
+        started = anyio.current_time()
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(leases.c.holder, leases.c.fencing_token, leases.c.run_id).where(
+                        leases.c.scheduler == scheduler
+                    )
+                )
+            ).first()
+            if row is None:
+                inserted = await conn.execute(
+                    insert_ignoring_conflicts(conn, leases).values(
+                        scheduler=scheduler, holder=self.node_id, fencing_token=1, run_id=run_id,
+                        acquired_at=db_utc_now(), expires_at=db_utc_now_plus(self.lock_ttl),
+                    )
+                )
+                if inserted.rowcount:
+                    return self._hold(Lease(scheduler, 1, run_id, started + self._lease_seconds()))
+                return Busy(None, None)  # another node created it this instant
+            token = int(row.fencing_token)
+            taken = await conn.execute(
+                update(leases)
+                .where(
+                    leases.c.scheduler == scheduler,
+                    leases.c.fencing_token == token,
+                    or_(leases.c.holder.is_(None), leases.c.expires_at < db_utc_now()),
+                )
+                .values(holder=self.node_id, fencing_token=token + 1, run_id=run_id,
+                        acquired_at=db_utc_now(), expires_at=db_utc_now_plus(self.lock_ttl))
+            )
+        if taken.rowcount:
+            return self._hold(Lease(scheduler, token + 1, run_id, started + self._lease_seconds()))
+        return Busy(row.holder, row.run_id)
+
+    def _hold(self, lease: Lease) -> Lease:
+        self.held[lease.scheduler] = lease
+        return lease
+
+    async def set_run(self, lease: Lease, run_id: str) -> None:
+        """Point the lease at the run now executing under it (a retry attempt), so takeover finds it."""
+        lease.run_id = run_id
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(leases)
+                .where(leases.c.scheduler == lease.scheduler, leases.c.fencing_token == lease.token)
+                .values(run_id=run_id)
+            )
+
+    async def release(self, lease: Lease) -> None:
+        """Give the lease back (only if still ours: the token must match)."""
+        self.held.pop(lease.scheduler, None)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(leases)
+                .where(leases.c.scheduler == lease.scheduler, leases.c.fencing_token == lease.token,
+                       leases.c.holder == self.node_id)
+                .values(holder=None, run_id=None, expires_at=None)
+            )
+
+    # ------------------------------------------------------------------ heartbeat
+
+    async def beat(self) -> None:
+        """Measure the clock offset, refresh the node row, renew held leases, look for expired ones."""
+        try:
+            await self._align_clock()
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    update(nodes).where(nodes.c.node_id == self.node_id).values(heartbeat_at=db_utc_now())
+                )
+            await self._renew()
+            expired = await self._find_expired()
+        except Exception as exc:
+            if self.healthy:
+                log.warning("coordination: heartbeat failed: %s", exc)
+            self.healthy = False
+            return
+        if not self.healthy:
+            log.info("coordination: database reachable; node %s heartbeating", self.node_id)
+        self.healthy = True
+        for lease in expired:
+            handler = self._takeover.get(lease.scheduler)
+            if handler is not None:
+                handler(lease)
+
+    async def _align_clock(self) -> None:
+        sent = self.clock.now() - self.clock.correction
+        async with self.engine.connect() as conn:
+            db_now: datetime = (await conn.execute(select(db_utc_now()))).scalar_one()
+        received = self.clock.now() - self.clock.correction
+        correction = db_now - (sent + (received - sent) / 2)
+        # Ignore jitter below 5 ms; a real skew (seconds) is corrected at once.
+        if abs((correction - self.clock.correction).total_seconds()) > 0.005:
+            if abs(correction.total_seconds()) > 1:
+                log.warning("this node's clock is %.3fs off the database clock; scheduling by the database",
+                            -correction.total_seconds())
+            self.clock.correction = correction
+
+    async def _renew(self) -> None:
+        if not self.held:
+            return
+        started = anyio.current_time()
+        held = dict(self.held)
+        async with self.engine.begin() as conn:
+            renewed = await conn.execute(
+                update(leases)
+                .where(leases.c.holder == self.node_id, leases.c.scheduler.in_(list(held)))
+                .values(expires_at=db_utc_now_plus(self.lock_ttl))
+            )
+            if renewed.rowcount == len(held):
+                still_ours = {name: lease.token for name, lease in held.items()}
+            else:
+                rows = await conn.execute(
+                    select(leases.c.scheduler, leases.c.fencing_token).where(leases.c.holder == self.node_id)
+                )
+                still_ours = {r.scheduler: int(r.fencing_token) for r in rows}
+        for name, lease in held.items():
+            if still_ours.get(name) == lease.token:
+                lease.deadline = started + self._lease_seconds()
+            else:
+                lease.mark_lost("another node took over the lease")
+                self.held.pop(name, None)
+
+    async def _find_expired(self) -> list[ExpiredLease]:
+        watched = [name for name in self._takeover if name not in self.held]
+        if not watched:
+            return []
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(leases.c.scheduler, leases.c.holder, leases.c.run_id, leases.c.fencing_token).where(
+                    leases.c.scheduler.in_(watched),
+                    and_(leases.c.holder.is_not(None), leases.c.expires_at < db_utc_now()),
+                )
+            )
+            return [ExpiredLease(r.scheduler, r.holder, r.run_id, int(r.fencing_token)) for r in rows]
+
+    # ------------------------------------------------------------------ node registry
+
+    async def _register(self) -> None:
+        values: dict[str, Any] = {
+            "hostname": socket.gethostname(), "pid": os.getpid(), "version": self.version,
+            "services": sorted(self._takeover), "started_at": db_utc_now(), "heartbeat_at": db_utc_now(),
+            "stopped_at": None,
+        }
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(nodes).where(nodes.c.node_id == self.node_id).values(**values))
+            if not result.rowcount:
+                await conn.execute(insert_ignoring_conflicts(conn, nodes).values(node_id=self.node_id, **values))
+
+    async def _unregister(self) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    update(nodes).where(nodes.c.node_id == self.node_id).values(stopped_at=db_utc_now())
+                )
+        except Exception as exc:
+            log.warning("coordination: could not mark node %s stopped: %s", self.node_id, exc)
