@@ -40,7 +40,7 @@ from services.events import (
     RunTimedOut,
     StatusChanged,
 )
-from services.runs import RunStatus, RunStore, Trigger
+from services.runs import RunStatus, RunStore, ServiceState, Trigger
 from services.schedule import Schedule, parse_schedule
 from services.status import InvalidTransition, ServiceStatus, can_transition
 
@@ -205,6 +205,7 @@ class BaseSchedulerService(ABC):
         self._anchor: datetime = self.clock.now()
         self._cursor: datetime = self._anchor
         self._paused = False
+        self._overrides: dict[str, Any] = {}
         self._current: _RunHandle | None = None
         self._tg: TaskGroup | None = None
         self._idle_scope: anyio.CancelScope | None = None
@@ -213,6 +214,7 @@ class BaseSchedulerService(ABC):
         self._stopped.set()
         if coordinator is not None:
             coordinator.on_expired(name, self._on_expired_lease)
+            coordinator.on_state(name, self.sync_state)
 
     # ------------------------------------------------------------------ the contract for subclasses
 
@@ -333,7 +335,7 @@ class BaseSchedulerService(ABC):
         self._require(ServiceStatus.PAUSED)
         self._paused = True
         self._set_status(ServiceStatus.PAUSED)
-        await self._save_state()
+        await self._save_state(paused=True)
         self._wake()
 
     async def resume(self) -> None:
@@ -342,7 +344,7 @@ class BaseSchedulerService(ABC):
         # Fire times that fell inside a pause are not owed: the operator asked for them not to run.
         self._cursor = max(self._cursor, self.clock.now())
         self._set_status(ServiceStatus.RUNNING)
-        await self._save_state(last_fire_at=self._cursor)
+        await self._save_state(paused=False, last_fire_at=self._cursor)
         self._wake()
 
     async def trigger(self) -> str:
@@ -373,10 +375,34 @@ class BaseSchedulerService(ABC):
         state = await self.store.load_state(self.name)
         overrides = {**(state.overrides if state else {}), **new.model_dump(mode="json", include=set(changes))}
         self._apply_config(new)
+        self._overrides = overrides
         await self._save_state(overrides=overrides, anchor_at=self._anchor)
         self.events.emit(ConfigUpdated(service=self.name, at=self.clock.now(), changes=dict(changes)))
         self._wake()
         return new
+
+    def sync_state(self, state: ServiceState) -> None:
+        """Apply a pause, resume or runtime config change that another replica stored (seen each heartbeat)."""
+        if self._tg is None or self._status not in (ServiceStatus.RUNNING, ServiceStatus.PAUSED):
+            return
+        if state.overrides != self._overrides:
+            try:
+                config = self.config_class.model_validate({**self.configured.model_dump(), **state.overrides})
+            except ValueError as exc:
+                self.log.warning("ignoring stored runtime overrides %s: %s", state.overrides, exc)
+            else:
+                self.log.info("runtime settings changed on another node: %s", state.overrides)
+                self._overrides = dict(state.overrides)
+                self._apply_config(config, anchor=state.anchor_at or self._anchor)
+                self.events.emit(ConfigUpdated(service=self.name, at=self.clock.now(), changes=dict(state.overrides)))
+        if state.paused and self._status is ServiceStatus.RUNNING:
+            self._paused = True
+            self._set_status(ServiceStatus.PAUSED, "paused on another node")
+        elif not state.paused and self._status is ServiceStatus.PAUSED:
+            self._paused = False
+            self._cursor = max(self._cursor, state.last_fire_at or self._cursor, self.clock.now())
+            self._set_status(ServiceStatus.RUNNING)
+        self._wake()
 
     # ------------------------------------------------------------------ schedule loop
 
@@ -391,7 +417,8 @@ class BaseSchedulerService(ABC):
                 self.log.warning("ignoring stored runtime overrides %s: %s", state.overrides, exc)
         if force_update and state and state.overrides:
             self.log.info("SCHEDULER_FORCE_UPDATE: configured values replace runtime overrides %s", state.overrides)
-        self._apply_config(config, anchor=(state.anchor_at if state else None) or now)
+        anchor = state.anchor_at if state and state.anchor_at else await self.store.establish_anchor(self.name, now)
+        self._apply_config(config, anchor=anchor)
         self._paused = bool(state and state.paused)
         last_fire = await self.store.last_fire_time(self.name)
         known = [t for t in (last_fire, state.last_fire_at if state else None) if t is not None]
@@ -402,7 +429,8 @@ class BaseSchedulerService(ABC):
         if orphans:
             self.log.warning("marked %d run(s) of a previous process on this node as abandoned", orphans)
         overrides: dict[str, Any] = {} if force_update else (state.overrides if state else {})
-        await self._save_state(overrides=overrides, anchor_at=self._anchor)
+        self._overrides = overrides
+        await self._save_state(overrides=overrides)
 
     def _apply_config(self, config: ServiceConfig, anchor: datetime | None = None) -> None:
         schedule = parse_schedule(config.interval, config.timezone)
@@ -786,7 +814,7 @@ class BaseSchedulerService(ABC):
     async def _save_state(self, **values: Any) -> None:
         try:
             await self.store.save_state(
-                self.name, updated_at=self.clock.now(), status=self._status.value, paused=self._paused,
+                self.name, updated_at=self.clock.now(), status=self._status.value,
                 consecutive_failures=self.metrics.consecutive_failures, **values,
             )
         except Exception as exc:

@@ -27,7 +27,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.clock import SystemClock
-from services.runs import insert_ignoring_conflicts
+from services.runs import RunStore, ServiceState, insert_ignoring_conflicts
 from storage.dbclock import db_utc_now, db_utc_now_plus
 from storage.schema import leases, nodes
 
@@ -79,6 +79,7 @@ class ExpiredLease:
 
 
 TakeoverHandler = Callable[[ExpiredLease], None]
+StateHandler = Callable[[ServiceState], None]
 
 
 class DatabaseAlignedClock(SystemClock):
@@ -107,9 +108,9 @@ class Coordinator:
         clock: DatabaseAlignedClock | None = None,
         version: str = "",
     ) -> None:
-        if heartbeat_interval > lock_ttl / 2:
+        if heartbeat_interval > lock_ttl / 3:
             raise ValueError(
-                f"heartbeat interval {heartbeat_interval:g}s must be at most half the lock TTL {lock_ttl:g}s"
+                f"heartbeat interval {heartbeat_interval:g}s must be at most a third of the lock TTL {lock_ttl:g}s"
             )
         self.engine = engine
         self.node_id = node_id
@@ -120,12 +121,17 @@ class Coordinator:
         self.held: dict[str, Lease] = {}
         self.healthy = False  # the last heartbeat reached the database
         self._takeover: dict[str, TakeoverHandler] = {}
+        self._state: dict[str, StateHandler] = {}
 
     # ------------------------------------------------------------------ wiring
 
     def on_expired(self, scheduler: str, handler: TakeoverHandler) -> None:
         """Call `handler` when a lease of `scheduler` held by another node is found expired."""
         self._takeover[scheduler] = handler
+
+    def on_state(self, scheduler: str, handler: StateHandler) -> None:
+        """Call `handler` with the service's stored state on every heartbeat (pause/config made elsewhere)."""
+        self._state[scheduler] = handler
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Register the node, align the clock, then heartbeat until cancelled; marks the node stopped."""
@@ -223,6 +229,7 @@ class Coordinator:
                 )
             await self._renew()
             expired = await self._find_expired()
+            states = await RunStore(self.engine, self.node_id).load_states(list(self._state))
         except Exception as exc:
             if self.healthy:
                 log.warning("coordination: heartbeat failed: %s", exc)
@@ -231,6 +238,8 @@ class Coordinator:
         if not self.healthy:
             log.info("coordination: database reachable; node %s heartbeating", self.node_id)
         self.healthy = True
+        for name, state in states.items():
+            self._state[name](state)
         for lease in expired:
             handler = self._takeover.get(lease.scheduler)
             if handler is not None:

@@ -275,15 +275,40 @@ class RunStore:
             return int(result.rowcount)
 
     async def load_state(self, scheduler: str) -> ServiceState | None:
+        return (await self.load_states([scheduler])).get(scheduler)
+
+    async def load_states(self, schedulers: list[str]) -> dict[str, ServiceState]:
+        """The state rows of several services in one statement."""
+        if not schedulers:
+            return {}
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(service_state).where(service_state.c.scheduler == scheduler))
-            ).mappings().first()
-        if row is None:
-            return None
-        data = dict(row)
-        data["overrides"] = data["overrides"] or {}
-        return ServiceState(**data)
+            rows = (
+                await conn.execute(select(service_state).where(service_state.c.scheduler.in_(schedulers)))
+            ).mappings()
+            return {row["scheduler"]: ServiceState(**{**row, "overrides": row["overrides"] or {}}) for row in rows}
+
+    async def establish_anchor(self, scheduler: str, candidate: datetime) -> datetime:
+        """The service's interval anchor: `candidate` if none exists yet, else the one already stored.
+
+        Replicas starting together race here; the first write wins and everyone reads it back, so all of
+        them fire on the same rhythm (different anchors would mean different fire times, which the
+        claim's unique constraint could not catch).
+        """
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert_ignoring_conflicts(conn, service_state),
+                {"scheduler": scheduler, "paused": False, "status": "STOPPED", "consecutive_failures": 0,
+                 "anchor_at": candidate, "updated_at": candidate, "node": self.node},
+            )
+            await conn.execute(
+                update(service_state)
+                .where(service_state.c.scheduler == scheduler, service_state.c.anchor_at.is_(None))
+                .values(anchor_at=candidate)
+            )
+            anchor: datetime = (
+                await conn.execute(select(service_state.c.anchor_at).where(service_state.c.scheduler == scheduler))
+            ).scalar_one()
+        return anchor
 
     async def save_state(self, scheduler: str, *, updated_at: datetime, **values: Any) -> None:
         """Upsert the service's state row with the given columns."""

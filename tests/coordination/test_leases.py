@@ -1,0 +1,223 @@
+"""Coordination contract on every engine: claims, leases, fencing, takeover, fleet-wide state."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.base import BaseSchedulerService, LeaseBusy, RunContext
+from services.config import ServiceConfig
+from services.coordination import Busy, Coordinator, DatabaseAlignedClock, Lease
+from services.runs import RunStatus, RunStore, Trigger
+from services.status import ServiceStatus
+from storage.engine import create_engine
+from storage.migrate import upgrade
+from storage.schema import nodes
+from tests.support.wait import until
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    await upgrade(db_url)
+    engine = create_engine(db_url)
+    yield engine
+    await engine.dispose()
+
+
+def coordinator(engine: AsyncEngine, node: str, ttl: float = 30.0, **kwargs: Any) -> Coordinator:
+    return Coordinator(engine, node, lock_ttl=ttl, heartbeat_interval=ttl / 3, **kwargs)
+
+
+class Blocking(BaseSchedulerService):
+    type_name = "blocking"
+    display_name = "Blocking"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = anyio.Event()
+        self.attempts: list[int] = []
+
+    async def run_once(self, ctx: RunContext) -> None:
+        self.attempts.append(ctx.attempt)
+        await self.release.wait()
+
+
+def service(engine: AsyncEngine, node: str, coord: Coordinator, **config: Any) -> Blocking:
+    settings = ServiceConfig.model_validate({"interval": "@every 1h", "max_retries": 1, **config})
+    return Blocking("job", settings, store=RunStore(engine, node), coordinator=coord, clock=coord.clock,
+                    shutdown_grace=0.5)
+
+
+async def test_claim_has_exactly_one_winner(engine: AsyncEngine) -> None:
+    when = datetime(2030, 1, 1, tzinfo=UTC)
+    stores = [RunStore(engine, f"node-{i}") for i in range(5)]
+    results: list[str | None] = []
+
+    async def claim(store: RunStore) -> None:
+        results.append(await store.claim("job", when, attempt=1, trigger=Trigger.SCHEDULE, started_at=when))
+
+    async with anyio.create_task_group() as tg:
+        for store in stores:
+            tg.start_soon(claim, store)
+    assert len([r for r in results if r]) == 1
+
+
+async def test_lease_excludes_and_token_grows(engine: AsyncEngine) -> None:
+    a, b = coordinator(engine, "a"), coordinator(engine, "b")
+    first = await a.acquire("job", "run-1")
+    assert isinstance(first, Lease) and first.token == 1
+    busy = await b.acquire("job", "run-2")
+    assert busy == Busy("a", "run-1")
+    await a.release(first)
+    second = await b.acquire("job", "run-2")
+    assert isinstance(second, Lease) and second.token == 2
+    third = await a.acquire("other", None)  # leases are per service
+    assert isinstance(third, Lease) and third.token == 1
+
+
+async def test_expired_lease_is_taken_over_and_the_old_holder_is_fenced(engine: AsyncEngine) -> None:
+    a, b = coordinator(engine, "a", ttl=1.5), coordinator(engine, "b", ttl=1.5)
+    store = RunStore(engine, "a")
+    when = datetime.now(UTC)
+    run_id = await store.claim("job", when, attempt=1, trigger=Trigger.SCHEDULE, started_at=when)
+    assert run_id is not None
+    lease = await a.acquire("job", run_id)
+    assert isinstance(lease, Lease)
+
+    async def b_takes_over() -> Lease | None:
+        got = await b.acquire("job", None)
+        return got if isinstance(got, Lease) else None
+
+    taken: Lease = await until(b_takes_over, timeout=10, interval=0.05, what="the lease to expire (database clock)")
+    assert taken.token == lease.token + 1
+    # The old holder's outcome write carries the old token and is rejected.
+    fenced = await store.finish(run_id, RunStatus.SUCCEEDED, finished_at=datetime.now(UTC), duration=1.0,
+                                fence=("job", lease.token))
+    assert fenced is False
+    # Its next heartbeat finds the lease gone and marks it lost.
+    await a.beat()
+    assert lease.lost.is_set() and "another node took over" in (lease.lost_reason or "")
+    assert "job" not in a.held
+
+
+async def test_unrenewed_lease_is_lost_locally_when_the_database_is_gone(engine: AsyncEngine) -> None:
+    a = coordinator(engine, "a", ttl=1.5)
+    lease = await a.acquire("job", None)
+    assert isinstance(lease, Lease)
+    with anyio.fail_after(5):
+        reason = await lease.wait_lost()  # no heartbeat renews it: the local deadline passes
+    assert "could not be renewed" in reason
+
+
+async def test_renewal_keeps_the_lease(engine: AsyncEngine) -> None:
+    a, b = coordinator(engine, "a", ttl=1.5), coordinator(engine, "b", ttl=1.5)
+    lease = await a.acquire("job", None)
+    assert isinstance(lease, Lease)
+    for _ in range(6):  # 3 s of renewals every 0.5 s: twice the TTL
+        await anyio.sleep(0.5)
+        await a.beat()
+        assert isinstance(await b.acquire("job", None), Busy)
+    assert not lease.lost.is_set()
+
+
+async def _unreachable(*args: Any, **kwargs: Any) -> Any:
+    raise ConnectionError("this node lost the database")
+
+
+async def test_dead_nodes_run_is_abandoned_and_retried_by_a_survivor(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = coordinator(engine, "dead", ttl=1.5)
+    victim = service(engine, "dead", dead)
+    alive = coordinator(engine, "alive", ttl=1.5)
+    survivor = service(engine, "alive", alive)
+    store = RunStore(engine, "alive")
+    async with anyio.create_task_group() as tg:
+        await tg.start(victim.serve)
+        await tg.start(survivor.serve)
+        run_id = await victim.trigger()
+        await until(lambda: victim.attempts == [1], what="the victim's run to start")
+        # The victim's node "dies": no heartbeat renews its lease, and nothing it writes reaches the database.
+        for name in ("finish", "resolve", "claim", "save_state"):
+            monkeypatch.setattr(victim.store, name, _unreachable)
+        monkeypatch.setattr(dead, "release", _unreachable)
+
+        async def taken_over() -> bool:
+            await alive.beat()
+            return survivor.attempts == [2]
+
+        await until(taken_over, timeout=10, interval=0.1, what="the survivor to retry the run")
+        old = await store.get_run(run_id)
+        assert old is not None and old.status == "abandoned" and "dead" in (old.error or "")
+        records, _ = await store.list_runs("job", limit=10, offset=0)
+        retry = next(r for r in records if r.attempt == 2)
+        assert (retry.status, retry.node, retry.trigger, retry.scheduled_for) == (
+            "running", "alive", "retry", old.scheduled_for)
+        survivor.release.set()
+        await until(lambda: survivor.metrics.successful_runs == 1, what="the retry to succeed")
+        await until(lambda: victim._current is None, what="the victim to give up its run (lease lost)")
+        assert (await store.get_run(run_id)).status == "abandoned"  # type: ignore[union-attr]
+        tg.cancel_scope.cancel()
+
+
+async def test_busy_lease_skips_the_fire_across_nodes(engine: AsyncEngine) -> None:
+    a, b = coordinator(engine, "a"), coordinator(engine, "b")
+    first, second = service(engine, "a", a), service(engine, "b", b)
+    async with anyio.create_task_group() as tg:
+        await tg.start(first.serve)
+        await tg.start(second.serve)
+        running = await first.trigger()
+        with pytest.raises(LeaseBusy, match=running):
+            await second.trigger()
+        records, _ = await RunStore(engine, "b").list_runs("job", limit=10, offset=0)
+        skipped = [r for r in records if r.status == "skipped"]
+        assert len(skipped) == 1 and running in (skipped[0].error or "")
+        first.release.set()
+        tg.cancel_scope.cancel()
+
+
+async def test_pause_on_one_node_reaches_the_others(engine: AsyncEngine) -> None:
+    a, b = coordinator(engine, "a"), coordinator(engine, "b")
+    first, second = service(engine, "a", a), service(engine, "b", b)
+    async with anyio.create_task_group() as tg:
+        await tg.start(first.serve)
+        await tg.start(second.serve)
+        await first.pause()
+        await b.beat()
+        assert second.status is ServiceStatus.PAUSED
+        await first.update_config({"interval": "@every 10m"})
+        await b.beat()
+        assert second.config.interval == "@every 10m"
+        assert second.next_runs(1) == first.next_runs(1)  # same anchor, same rhythm
+        await first.resume()
+        await b.beat()
+        assert second.status is ServiceStatus.RUNNING
+        tg.cancel_scope.cancel()
+
+
+async def test_nodes_register_heartbeat_and_align_their_clock(engine: AsyncEngine) -> None:
+    skewed = DatabaseAlignedClock(offset=timedelta(seconds=30))
+    node = coordinator(engine, "skewed", clock=skewed)
+    async with anyio.create_task_group() as tg:
+        await tg.start(node.run)
+        assert abs((skewed.now() - datetime.now(UTC)).total_seconds()) < 0.5  # corrected to the database
+        async with engine.connect() as conn:
+            row = (await conn.execute(select(nodes).where(nodes.c.node_id == "skewed"))).mappings().one()
+        assert row["stopped_at"] is None and row["pid"] > 0
+        tg.cancel_scope.cancel()
+    async with engine.connect() as conn:
+        stopped = (await conn.execute(select(nodes.c.stopped_at).where(nodes.c.node_id == "skewed"))).scalar()
+    assert stopped is not None
+
+
+async def test_heartbeat_must_be_well_below_the_ttl(engine: AsyncEngine) -> None:
+    with pytest.raises(ValueError, match="at most a third"):
+        Coordinator(engine, "n", lock_ttl=10, heartbeat_interval=5)
