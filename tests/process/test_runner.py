@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import sqlite3
@@ -15,67 +14,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.processes import Proc, base_env, free_port
+
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "process-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Proc:
-    def __init__(self, args: list[str], env: dict[str, str], port: int, tmp: Path) -> None:
-        self.port = port
-        self.log = tmp / f"proc-{port}.log"
-        with open(self.log, "w") as log:  # the child keeps its own copy of the descriptor
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", *args], env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=log, text=True,
-            )
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
-
-    def wait_ready(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise AssertionError(f"process exited {self.popen.returncode}: {self.log.read_text()}")
-            try:
-                if self.http.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"not ready after {timeout}s: {self.log.read_text()}")
-
-    def wait_exit(self, timeout: float = 20) -> int:
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            raise AssertionError(f"still running after {timeout}s: {self.log.read_text()}") from None
-
-    def close(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait()
-        self.http.close()
-
-
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    values = {k: v for k, v in os.environ.items() if not k.startswith(("SCHEDULER_", "PROBE_", "DATABASE_"))}
-    values.update({
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'scheduler.db'}",
-        "SCHEDULER_PLUGINS": "tests.support.services",
-        "SCHEDULER_ADMIN_TOKEN": TOKEN,
-        "PYTHONPATH": str(ROOT),
-        "PROBE_INTERVAL": "@every 1h",
-        "PROBE_MARKER_DIR": str(tmp_path),
-    })
-    return values
+    return base_env(DATABASE_URL=f"sqlite:///{tmp_path / 'scheduler.db'}", SCHEDULER_ADMIN_TOKEN=TOKEN,
+                    PROBE_INTERVAL="@every 1h", PROBE_MARKER_DIR=str(tmp_path))
 
 
 @pytest.fixture
@@ -95,8 +44,7 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
     procs: list[Proc] = []
 
     def start(args: list[str], env: dict[str, str]) -> Proc:
-        port = free_port()
-        proc = Proc([*args, "--port", str(port)], env, port, tmp_path)
+        proc = Proc(args, env, free_port(), tmp_path)
         procs.append(proc)
         return proc
 
