@@ -19,7 +19,7 @@ from services.clock import Clock
 from services.coordination import Coordinator, DatabaseAlignedClock
 from services.registry import get_type
 from services.runs import RunStore
-from storage.engine import create_engine, ping
+from storage.engine import ping
 
 log = logging.getLogger("manager")
 
@@ -40,7 +40,7 @@ class Platform:
 def build(config: Config, *, only: str | None = None, clock: Clock | None = None) -> Platform:
     """Wire the services named in config (or just `only`) to one engine, manager, metrics and HTTP app."""
     settings = config.platform
-    engine = create_engine(settings.database_url.get_secret_value())
+    engine = config.storage.create_engine()
     store = RunStore(engine, settings.node_id)
     aligned = DatabaseAlignedClock(offset=settings.scheduler_clock_offset)
     coordinator = Coordinator(

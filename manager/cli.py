@@ -20,7 +20,8 @@ from manager.config import Config, ConfigError, load_config, redacted
 from services.registry import UnknownService, service_types
 from services.runs import RunStatus
 from storage import revision
-from storage.errors import StorageConfigError, explain
+from storage.errors import StorageConfigError
+from storage.settings import StorageSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -42,12 +43,12 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
-async def _check_schema(engine: AsyncEngine, url: str) -> str | None:
+async def _check_schema(engine: AsyncEngine, storage: StorageSettings) -> str | None:
     """None when the database is at the code's migration head, else what to do about it."""
     try:
         at = await revision.database_revision(engine)
     except Exception as exc:
-        return explain(exc, url)
+        return storage.explain(exc)
     wanted = revision.HEAD
     if at != wanted:
         return (f"the database is at migration {at or '(none)'} but this version needs {wanted}: "
@@ -64,12 +65,11 @@ def run_platform(args: argparse.Namespace, only: str | None = None) -> int:
     except (ConfigError, StorageConfigError, UnknownService) as exc:
         return _fail(str(exc), EXIT_CONFIG)
     settings = config.platform
-    url = settings.database_url.get_secret_value()
     host = args.host or settings.scheduler_http_host
     port = settings.scheduler_http_port if args.port is None else args.port
 
     async def main() -> int:
-        problem = await _check_schema(platform.engine, url)
+        problem = await _check_schema(platform.engine, config.storage)
         if problem:
             await platform.engine.dispose()
             return _fail(problem, EXIT_FAILED)
@@ -88,13 +88,14 @@ def run_migrate(args: argparse.Namespace) -> int:
         config = _load(args)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
-    url = config.platform.database_url.get_secret_value()
+    storage = config.storage
     try:
-        anyio.run(migrate.upgrade, url)
+        connect_args = storage.engine_options().get("connect_args")
+        anyio.run(lambda: migrate.upgrade(storage.url(), connect_args=connect_args))
     except StorageConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
     except Exception as exc:
-        return _fail(explain(exc, url), EXIT_FAILED)
+        return _fail(storage.explain(exc), EXIT_FAILED)
     print(f"database at migration {migrate.head()}")
     return EXIT_OK
 
@@ -156,10 +157,8 @@ def run_once(args: argparse.Namespace) -> int:
         platform = app.build(config, only=args.scheduler)
     except (ConfigError, StorageConfigError, UnknownService) as exc:
         return _fail(str(exc), EXIT_CONFIG)
-    url = config.platform.database_url.get_secret_value()
-
     async def once() -> int:
-        problem = await _check_schema(platform.engine, url)
+        problem = await _check_schema(platform.engine, config.storage)
         if problem:
             await platform.engine.dispose()
             return _fail(problem, EXIT_FAILED)

@@ -35,6 +35,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from services.config import Seconds, ServiceConfig, format_duration
 from services.registry import UnknownService, get_type, service_types
+from storage.errors import StorageConfigError
+from storage.settings import StorageSettings, load_storage_settings
 
 
 class ConfigError(ValueError):
@@ -61,7 +63,6 @@ class PlatformSettings(BaseSettings):
     scheduler_lock_ttl: Seconds = timedelta(seconds=60)
     scheduler_heartbeat_interval: Seconds = timedelta(seconds=15)
     scheduler_clock_offset: Seconds = timedelta(0)  # testing aid: pretend this node's clock is skewed
-    database_url: SecretStr = SecretStr("sqlite:///./var/scheduler.db")
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -117,6 +118,7 @@ class ServiceSpec:
 @dataclass(frozen=True)
 class Config:
     platform: PlatformSettings
+    storage: StorageSettings
     services: list[ServiceSpec]
     source: Path | None
 
@@ -199,8 +201,11 @@ def load_config(config_file: Path | None = None) -> Config:
     where = str(path) if path else "config"
     _import_plugins(env.get("SCHEDULER_PLUGINS") or (data.get("scheduler") or {}).get("plugins") or "")
 
+    storage = _load_storage(data, env, where)
     file_platform: dict[str, Any] = {}
     for key, value in (data.get("scheduler") or {}).items():
+        if key == "storage":
+            continue
         if key == "ha" and isinstance(value, dict):  # the seed's shape: scheduler.ha.{node_id, lock_ttl, ...}
             for ha_key, ha_value in value.items():
                 target = {"node_id": "instance_id", "enabled": "ha_enabled"}.get(ha_key, ha_key)
@@ -209,7 +214,7 @@ def load_config(config_file: Path | None = None) -> Config:
             continue
         file_platform[f"scheduler_{key}"] = value
     for key, value in data.items():
-        if key not in ("scheduler", "services"):
+        if key not in ("scheduler", "services", "storage", "database_url"):
             file_platform[key] = value
     platform_names = {
         name: name.upper() if env.get(name.upper()) or name not in file_platform
@@ -224,7 +229,18 @@ def load_config(config_file: Path | None = None) -> Config:
     services = [
         _load_service(name, body, env, where) for name, body in _instances(data.get("services") or {}, where).items()
     ]
-    return Config(platform=platform, services=services, source=path)
+    return Config(platform=platform, storage=storage, services=services, source=path)
+
+
+def _load_storage(data: dict[str, Any], env: Mapping[str, str], where: str) -> StorageSettings:
+    """The seed's `storage:` section (under `scheduler:` or at the top), or the `database_url:` shorthand."""
+    section = (data.get("scheduler") or {}).get("storage") or data.get("storage")
+    if section is None and data.get("database_url"):
+        section = {"connection": {"connection_string": data["database_url"]}}
+    try:
+        return load_storage_settings(section, env, where)
+    except StorageConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _import_plugins(modules: str | list[str]) -> None:
@@ -283,10 +299,10 @@ def _load_service(name: str, body: dict[str, Any], env: Mapping[str, str], where
 
 def redacted(config: Config) -> dict[str, Any]:
     """The effective configuration with secrets hidden, for `--check-config` and the admin API."""
-    from storage.url import redact
-
     platform = config.platform.model_dump(mode="json")
-    platform["database_url"] = redact(config.platform.database_url.get_secret_value())
+    platform["database_url"] = config.storage.redacted_url()
+    platform["database_driver"] = config.storage.driver
+    platform["database_pool_max"] = config.storage.pool.max
     platform["scheduler_admin_token"] = "***" if config.platform.scheduler_admin_token else None
     platform["node_id"] = config.platform.node_id
     return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,14 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from storage.errors import TLSUnavailableError
 from storage.url import async_url
 
 DEFAULT_POOL_SIZE = 5
+DEFAULT_MAX_OVERFLOW = 10
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 DEFAULT_CONNECT_TIMEOUT = 10.0
+_MYSQL_CLIENT_SSL = 0x800  # the CLIENT_SSL capability flag of the MySQL protocol: the server offers TLS
 
 
 def create_engine(
@@ -24,31 +28,53 @@ def create_engine(
     echo: bool = False,
     busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    max_overflow: int | None = None,
+    pool_timeout: float | None = None,
+    connect_args: Mapping[str, Any] | None = None,
 ) -> AsyncEngine:
     """An AsyncEngine for a plain user URL (``sqlite:///...``, ``postgresql://...``, ``mysql://...``).
 
-    Creating the engine does not connect; call :func:`ping` to find out whether the database is reachable.
+    ``connect_args`` go to the driver's connect() and win over ours (storage.settings passes TLS options this
+    way); ``max_overflow`` and ``pool_timeout`` are SQLAlchemy's pool options. Creating the engine does not
+    connect; call :func:`ping` to find out whether the database is reachable.
     """
     target = async_url(url)
     backend = target.get_backend_name()
+    pool: dict[str, Any] = {}
+    if max_overflow is not None:
+        pool["max_overflow"] = max_overflow
+    if pool_timeout is not None:
+        pool["pool_timeout"] = pool_timeout
     if backend == "sqlite":
-        return _sqlite_engine(target, pool_size=pool_size, echo=echo, busy_timeout_ms=busy_timeout_ms)
-    connect_args: dict[str, Any] = {}
+        return _sqlite_engine(
+            target,
+            pool_size=pool_size,
+            echo=echo,
+            busy_timeout_ms=busy_timeout_ms,
+            connect_args=dict(connect_args or {}),
+            **pool,
+        )
+    driver_args: dict[str, Any] = {}
     if target.get_driver_name() == "asyncpg":
-        connect_args["timeout"] = connect_timeout
+        driver_args["timeout"] = connect_timeout
     elif target.get_driver_name() == "aiomysql":
-        connect_args["connect_timeout"] = connect_timeout
+        driver_args["connect_timeout"] = connect_timeout
         if "charset" not in target.query:
-            connect_args["charset"] = "utf8mb4"  # full Unicode in names and error texts
-    return create_async_engine(
+            driver_args["charset"] = "utf8mb4"  # full Unicode in names and error texts
+    driver_args.update(connect_args or {})
+    engine = create_async_engine(
         target,
         echo=echo,
         pool_size=pool_size or DEFAULT_POOL_SIZE,
-        max_overflow=10,
+        max_overflow=pool.pop("max_overflow", DEFAULT_MAX_OVERFLOW),
         pool_pre_ping=True,  # survive server restarts and idle disconnects (MySQL wait_timeout)
         pool_recycle=1800,
-        connect_args=connect_args,
+        connect_args=driver_args,
+        **pool,
     )
+    if target.get_driver_name() == "aiomysql" and driver_args.get("ssl"):
+        _refuse_plaintext_mysql(engine, f"{target.host or 'localhost'}:{target.port or 3306}")
+    return engine
 
 
 async def ping(engine: AsyncEngine) -> None:
@@ -57,14 +83,42 @@ async def ping(engine: AsyncEngine) -> None:
         await conn.execute(text("SELECT 1"))
 
 
-def _sqlite_engine(url: URL, *, pool_size: int | None, echo: bool, busy_timeout_ms: int) -> AsyncEngine:
+def _refuse_plaintext_mysql(engine: AsyncEngine, where: str) -> None:
+    """aiomysql silently skips TLS when the server does not offer it; with ssl asked for, refuse such a connection.
+
+    The check runs first on every new connection, before SQLAlchemy's own first queries, so no statement of ours
+    travels in plain text (the handshake has happened by then; mysql_native_password does not send the password).
+    """
+
+    @event.listens_for(engine.sync_engine, "connect", insert=True)
+    def _require_tls(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        raw = dbapi_connection.driver_connection
+        if not int(getattr(raw, "server_capabilities", 0)) & _MYSQL_CLIENT_SSL:
+            raw.close()
+            raise TLSUnavailableError(f"MySQL/MariaDB server at {where} does not support SSL/TLS, but ssl is on")
+
+
+def _sqlite_engine(
+    url: URL,
+    *,
+    pool_size: int | None,
+    echo: bool,
+    busy_timeout_ms: int,
+    connect_args: dict[str, Any] | None = None,
+    max_overflow: int | None = None,
+    pool_timeout: float | None = None,
+) -> AsyncEngine:
     database = url.database or ""
     in_memory = database in ("", ":memory:") or url.query.get("mode") == "memory"
     if not in_memory and not url.query.get("uri"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {}
-    if pool_size is not None and not in_memory:  # :memory: uses a StaticPool, which has no size
-        options["pool_size"] = pool_size
+    if not in_memory:  # :memory: uses a StaticPool, which has no size, overflow or timeout
+        for name, value in (("pool_size", pool_size), ("max_overflow", max_overflow), ("pool_timeout", pool_timeout)):
+            if value is not None:
+                options[name] = value
+    if connect_args:
+        options["connect_args"] = connect_args
     engine = create_async_engine(url, echo=echo, **options)
 
     @event.listens_for(engine.sync_engine, "connect")

@@ -7,6 +7,7 @@ database) and never include the password.
 from __future__ import annotations
 
 import errno
+import re
 import socket
 import ssl
 from collections.abc import Iterator
@@ -29,14 +30,28 @@ _PG_AUTH_STATES = {"28000", "28P01"}  # invalid authorization specification / in
 _PG_UNKNOWN_DB = "3D000"
 _MYSQL_AUTH_CODES = {1044, 1045, 1698}  # db access denied / access denied / unix_socket auth refused
 _MYSQL_UNKNOWN_DB = 1049
+# SQLAlchemy's QueuePool timeout text: "QueuePool limit of size 5 overflow 10 reached, ..., timeout 30.00".
+_POOL_LIMIT = re.compile(r"limit of size (\d+) overflow (-?\d+) reached.*timeout (\d+(?:\.\d+)?)", re.DOTALL)
+# What drivers say when TLS was asked for and the server has none (asyncpg, libpq, MySQL clients).
+_NO_TLS = ("rejected ssl upgrade", "server does not support ssl", "ssl connection error: ssl is required")
 
 
 class StorageConfigError(ValueError):
-    """The configured database URL cannot be used (unknown scheme, unparseable, ...)."""
+    """The configured database URL or storage settings cannot be used (unknown scheme, unparseable, ...)."""
 
 
-def explain(exc: BaseException, url: str | URL) -> str:
-    """Turn a connect/migrate failure into one line that says what is wrong and what to do."""
+class TLSUnavailableError(ConnectionError):
+    """TLS was required but the server does not offer it (raised where a driver would fall back to plain text)."""
+
+
+def explain(
+    exc: BaseException, url: str | URL, *, pool_size: int | None = None, pool_timeout: float | None = None
+) -> str:
+    """Turn a connect/migrate failure into one line that says what is wrong and what to do.
+
+    ``pool_size``/``pool_timeout`` (the most connections the pool opens, the acquire timeout in seconds) let a
+    pool timeout say how big the pool was; without them they are read from SQLAlchemy's message when present.
+    """
     from storage.url import redact  # late import: storage.url raises StorageConfigError from this module
 
     if isinstance(exc, StorageConfigError):
@@ -54,10 +69,7 @@ def explain(exc: BaseException, url: str | URL) -> str:
             return f"database driver {module!r} is not installed: {_DRIVER_INSTALL[module]}"
     for e in chain:
         if isinstance(e, sa_exc.TimeoutError):  # SQLAlchemy's pool timeout, not a network timeout
-            return (
-                f"timed out waiting for a free connection from the pool for {where}: raise pool_size "
-                "or reduce concurrent work; long-running transactions may be holding connections"
-            )
+            return _pool_exhausted(e, where, pool_size, pool_timeout)
     for e in chain:
         code = _mysql_code(e)
         state = getattr(e, "sqlstate", None)
@@ -74,6 +86,12 @@ def explain(exc: BaseException, url: str | URL) -> str:
                 f"(CREATE DATABASE {database}) or fix the database name in the URL"
             )
     for e in chain:
+        if isinstance(e, TLSUnavailableError) or any(text in str(e).lower() for text in _NO_TLS):
+            return (
+                f"TLS/certificate problem connecting to {where}: the server does not support SSL/TLS but the "
+                "storage settings require it; enable TLS on the server, or set DATABASE_SSL=false if the network "
+                f"is trusted ({_detail(e, parsed)})"
+            )
         if isinstance(e, ssl.SSLError) or "certificate" in str(e).lower():
             return (
                 f"TLS/certificate problem connecting to {where}: check the CA certificate, the server "
@@ -98,6 +116,20 @@ def explain(exc: BaseException, url: str | URL) -> str:
             )
     driver = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
     return f"database error for {redact(url)}: {_detail(driver, parsed)}"
+
+
+def _pool_exhausted(e: BaseException, where: str, size: int | None, timeout: float | None) -> str:
+    limit = _POOL_LIMIT.search(str(e))
+    if limit is not None:
+        overflow = int(limit.group(2))
+        size = size if size is not None else int(limit.group(1)) + max(overflow, 0)
+        timeout = timeout if timeout is not None else float(limit.group(3))
+    pool = "connection pool" if size is None else f"pool of {size} connection{'' if size == 1 else 's'}"
+    after = f" after {timeout:g}s" if timeout is not None else ""
+    return (
+        f"{pool} exhausted{after} waiting for a connection to {where}; raise DATABASE_POOL_MAX "
+        "or look for long transactions holding connections"
+    )
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

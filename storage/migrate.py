@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import importlib
 import importlib.util
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,12 @@ def head() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-async def upgrade(url: str, revision: str = "head") -> None:
-    """Migrate the database at ``url`` to ``revision``; safe to run from several nodes at once."""
-    engine = _migration_engine(url)
+async def upgrade(url: str, revision: str = "head", *, connect_args: Mapping[str, Any] | None = None) -> None:
+    """Migrate the database at ``url`` to ``revision``; safe to run from several nodes at once.
+
+    ``connect_args`` carries driver options the URL cannot (TLS contexts from StorageSettings).
+    """
+    engine = _migration_engine(url, connect_args)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(_locked_upgrade, revision)
@@ -101,8 +105,8 @@ async def revision(url: str, message: str, rev_id: str) -> None:
         await engine.dispose()
 
 
-def _migration_engine(url: str) -> AsyncEngine:
-    engine = create_engine(url, pool_size=1)
+def _migration_engine(url: str, connect_args: Mapping[str, Any] | None = None) -> AsyncEngine:
+    engine = create_engine(url, pool_size=1, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
         # Batch migrations recreate SQLite tables (copy, drop, rename); with foreign keys enforced, dropping a
         # referenced table would cascade or fail. SQLite's documented procedure: foreign_keys=OFF (only

@@ -14,7 +14,8 @@ from tests.support.services import ProbeConfig
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DATABASE_URL", "SCHEDULER_ADMIN_TOKEN", "SCHEDULER_CONFIG_FILE", "SCHEDULER_HTTP_PORT",
+    for name in ("DATABASE_URL", "DATABASE_PORT", "SCHEDULER_LOCK_TTL", "SCHEDULER_HEARTBEAT_INTERVAL",
+                 "SCHEDULER_ADMIN_TOKEN", "SCHEDULER_CONFIG_FILE", "SCHEDULER_HTTP_PORT",
                  "LOG_FORMAT", "SCHEDULER_ENABLED", "RUN_HISTORY_RETENTION_INTERVAL", "PROBE_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SCHEDULER_PLUGINS", "tests.support.services")
@@ -22,7 +23,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults() -> None:
     config = load_config()
-    assert config.platform.database_url.get_secret_value() == "sqlite:///./var/scheduler.db"
+    assert config.storage.url() == "sqlite:///./var/scheduler.db"
     assert (config.platform.scheduler_http_host, config.platform.scheduler_http_port) == ("127.0.0.1", 8080)
     assert config.platform.scheduler_shutdown_grace == timedelta(seconds=30)
     names = [spec.name for spec in config.services]
@@ -82,7 +83,7 @@ def test_yaml_file_with_interpolation_and_env_precedence(tmp_path: Path, monkeyp
     assert config.platform.scheduler_http_port == 9090
     assert config.platform.scheduler_admin_token is not None
     assert config.platform.scheduler_admin_token.get_secret_value() == "s3cret"
-    assert config.platform.database_url.get_secret_value() == "sqlite:////tmp/x.db"
+    assert config.storage.url() == "sqlite:////tmp/x.db"
     assert config.platform.log_format == "json"
     probe = config.service("probe").config
     assert isinstance(probe, ProbeConfig) and probe.duration == timedelta(seconds=2)
@@ -150,3 +151,42 @@ def test_duration_formatting_round_trips() -> None:
     for text in ("1500ms", "30s", "5m", "2h", "3d"):
         config = ServiceConfig.model_validate({"retry_delay": text})
         assert format_duration(config.retry_delay) == text
+
+
+def test_storage_section_in_the_seeds_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    file = tmp_path / "ha.yaml"
+    file.write_text(
+        "scheduler:\n"
+        "  storage:\n"
+        "    driver: postgresql\n"
+        "    connection:\n"
+        "      host: db.example\n"
+        "      database: visor\n"
+        "      user: visor\n"
+        "      password: ${DB_PASSWORD}\n"
+        "      pool: {min: 0, max: 4}\n"
+        "  ha:\n"
+        "    enabled: true\n"
+        "    node_id: node-1\n"
+        "    lock_ttl: 30\n"
+        "    heartbeat_interval: 5\n"
+    )
+    monkeypatch.setenv("DB_PASSWORD", "p@ss/word")
+    monkeypatch.setenv("DATABASE_PORT", "6543")  # env refines the file
+    config = load_config(file)
+    assert config.storage.url() == "postgresql://visor:p%40ss%2Fword@db.example:6543/visor"
+    assert config.storage.pool.max == 4
+    assert config.platform.node_id == "node-1"
+    assert config.platform.scheduler_lock_ttl == timedelta(seconds=30)
+    assert "p@ss" not in str(redacted(config)) and "p%40ss" not in str(redacted(config))
+    monkeypatch.setenv("DATABASE_PORT", "lots")
+    with pytest.raises(ConfigError, match=r"^DATABASE_PORT"):
+        load_config(file)
+
+
+def test_heartbeat_must_be_well_below_the_lock_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCHEDULER_LOCK_TTL", "10s")
+    monkeypatch.setenv("SCHEDULER_HEARTBEAT_INTERVAL", "5s")
+    expected = r"SCHEDULER_HEARTBEAT_INTERVAL \(5s\) must be .* a third of SCHEDULER_LOCK_TTL"
+    with pytest.raises(ConfigError, match=expected):
+        load_config()
