@@ -221,3 +221,21 @@ async def test_nodes_register_heartbeat_and_align_their_clock(engine: AsyncEngin
 async def test_heartbeat_must_be_well_below_the_ttl(engine: AsyncEngine) -> None:
     with pytest.raises(ValueError, match="at most a third"):
         Coordinator(engine, "n", lock_ttl=10, heartbeat_interval=5)
+
+
+async def test_fires_due_together_are_claimed_in_one_statement(engine: AsyncEngine) -> None:
+    when = datetime(2030, 1, 1, tzinfo=UTC)
+    mine, theirs = RunStore(engine, "a"), RunStore(engine, "b")
+    assert await theirs.claim("svc-7", when, attempt=1, trigger=Trigger.SCHEDULE, started_at=when)
+    results: dict[str, str | None] = {}
+
+    async def claim(name: str) -> None:
+        results[name] = await mine.claim(name, when, attempt=1, trigger=Trigger.SCHEDULE, started_at=when)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(100):
+            tg.start_soon(claim, f"svc-{i}")
+    assert mine.claim_statements == 1
+    assert [name for name, run_id in results.items() if run_id is None] == ["svc-7"]  # the other node had it
+    records = {name: await mine.list_runs(name, limit=5, offset=0) for name in ("svc-0", "svc-99")}
+    assert all(total == 1 and recs[0].node == "a" for recs, total in records.values())
