@@ -239,3 +239,31 @@ async def test_fires_due_together_are_claimed_in_one_statement(engine: AsyncEngi
     assert [name for name, run_id in results.items() if run_id is None] == ["svc-7"]  # the other node had it
     records = {name: await mine.list_runs(name, limit=5, offset=0) for name in ("svc-0", "svc-99")}
     assert all(total == 1 and recs[0].node == "a" for recs, total in records.values())
+
+
+async def test_leases_acquired_together_share_a_few_statements(engine: AsyncEngine) -> None:
+    from sqlalchemy import event
+
+    a, b = coordinator(engine, "a"), coordinator(engine, "b")
+    held_elsewhere = await b.acquire("svc-3", "theirs")
+    assert isinstance(held_elsewhere, Lease)
+    for i in range(50):  # half the rows exist already (free), half are new
+        if i % 2 and i != 3:
+            warm = await a.acquire(f"svc-{i}", f"warm-{i}")
+            assert isinstance(warm, Lease)
+            await a.release(warm)
+    statements: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    results: dict[str, Lease | Busy] = {}
+
+    async def take(i: int) -> None:
+        results[f"svc-{i}"] = await a.acquire(f"svc-{i}", f"run-{i}")
+
+    async with anyio.create_task_group() as tg:
+        for i in range(50):
+            tg.start_soon(take, i)
+    busy = [name for name, got in results.items() if isinstance(got, Busy)]
+    assert busy == ["svc-3"] and results["svc-3"] == Busy("b", "theirs")
+    tokens = {name: got.token for name, got in results.items() if isinstance(got, Lease)}
+    assert all(tokens[f"svc-{i}"] == (2 if i % 2 else 1) for i in range(50) if i != 3)
+    assert len([s for s in statements if s != "BEGIN"]) <= 5, statements  # not 2 x 50
