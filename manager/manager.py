@@ -85,6 +85,7 @@ class SchedulerManager:
         self.draining = False
         self._tg: TaskGroup | None = None
         self._shutdown = anyio.Event()
+        self.stopped = anyio.Event()  # set once run() has stopped every service
         self._restart_listeners: list[Any] = []
 
     # ------------------------------------------------------------------ running
@@ -100,6 +101,7 @@ class SchedulerManager:
             await self._shutdown.wait()
             await self.stop_all(self.shutdown_grace)
         self._tg = None
+        self.stopped.set()
 
     def request_shutdown(self, exit_code: int = 0) -> None:
         """Begin a graceful shutdown: readiness fails at once, services drain within the grace period."""
