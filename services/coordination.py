@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.clock import SystemClock
 from services.runs import RunStore, ServiceState, insert_ignoring_conflicts
 from storage.dbclock import db_utc_now, db_utc_now_plus
-from storage.schema import leases, nodes
+from storage.schema import leases, nodes, runs
 
 log = logging.getLogger("services.coordination")
 
@@ -336,6 +336,7 @@ class Coordinator:
                 )
             await self._renew()
             expired = await self._find_expired()
+            await self._sweep_orphans()
             states = await RunStore(self.engine, self.node_id).load_states(list(self._state))
         except Exception as exc:
             if self.healthy:
@@ -402,6 +403,32 @@ class Coordinator:
                 )
             )
             return [ExpiredLease(r.scheduler, r.holder, r.run_id, int(r.fencing_token)) for r in rows]
+
+    async def _sweep_orphans(self) -> None:
+        """Abandon `running` rows no lease covers, older than a TTL: a claim whose lease was never taken
+        (the database failed in between) or whose lease was released without an outcome."""
+        watched = list(self._takeover)
+        if not watched:
+            return
+        covered = (
+            select(leases.c.run_id)
+            .where(leases.c.holder.is_not(None), leases.c.run_id.is_not(None))
+            .scalar_subquery()
+        )
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(runs)
+                .where(
+                    runs.c.status == "running",
+                    runs.c.scheduler.in_(watched),
+                    runs.c.started_at < db_utc_now_plus(-self.lock_ttl),
+                    runs.c.id.not_in(covered),
+                )
+                .values(status="abandoned", finished_at=db_utc_now(),
+                        error="no node held a lease for this run (its node died or lost the database)")
+            )
+        if result.rowcount:
+            log.warning("coordination: marked %d orphaned run(s) abandoned", result.rowcount)
 
     # ------------------------------------------------------------------ node registry
 

@@ -52,6 +52,7 @@ runs = Table(
     UniqueConstraint("scheduler", "scheduled_for", "attempt"),
     Index(None, "scheduler", "started_at"),
     Index(None, "scheduled_for"),
+    Index(None, "status", "scheduler"),  # the heartbeat's sweep for orphaned `running` rows
 )
 
 # One row per service instance: what must survive a restart and be visible to every process.

@@ -267,3 +267,20 @@ async def test_leases_acquired_together_share_a_few_statements(engine: AsyncEngi
     tokens = {name: got.token for name, got in results.items() if isinstance(got, Lease)}
     assert all(tokens[f"svc-{i}"] == (2 if i % 2 else 1) for i in range(50) if i != 3)
     assert len([s for s in statements if s != "BEGIN"]) <= 5, statements  # not 2 x 50
+
+
+async def test_heartbeat_abandons_running_rows_no_lease_covers(engine: AsyncEngine) -> None:
+    node = coordinator(engine, "a", ttl=3)
+    node.on_expired("job", lambda expired: None)
+    store = RunStore(engine, "a")
+    long_ago = datetime.now(UTC) - timedelta(minutes=5)
+    orphan = await store.claim("job", long_ago, attempt=1, trigger=Trigger.SCHEDULE, started_at=long_ago)
+    recent = await store.claim("job", datetime.now(UTC), attempt=1, trigger=Trigger.SCHEDULE,
+                               started_at=datetime.now(UTC))
+    covered = await store.claim("job", long_ago + timedelta(seconds=1), attempt=1, trigger=Trigger.SCHEDULE,
+                                started_at=long_ago)
+    assert orphan and recent and covered
+    assert isinstance(await node.acquire("job", covered), Lease)
+    await node.beat()
+    statuses = {r.id: r.status for r in (await store.list_runs("job", limit=10, offset=0))[0]}
+    assert statuses == {orphan: "abandoned", recent: "running", covered: "running"}

@@ -49,9 +49,11 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("scheduler_runs") as batch:
         batch.add_column(sa.Column("fencing_token", sa.BigInteger(), nullable=True))
+    op.create_index(op.f("ix_scheduler_runs_status_scheduler"), "scheduler_runs", ["status", "scheduler"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_scheduler_runs_status_scheduler"), table_name="scheduler_runs")
     with op.batch_alter_table("scheduler_runs") as batch:
         batch.drop_column("fencing_token")
     op.drop_table("scheduler_nodes")
