@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from manager.config import Config, ConfigError, load_config, redacted
 from services.registry import UnknownService, service_types
 from services.runs import RunStatus
 from storage import revision
-from storage.errors import StorageConfigError
+from storage.errors import StorageConfigError, explain
 from storage.settings import StorageSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -56,6 +57,25 @@ async def _check_schema(engine: AsyncEngine, storage: StorageSettings) -> str | 
     return None
 
 
+async def _import_legacy(config: Config) -> str | None:
+    """Import the seed's legacy JSON state file on first start (before any service writes its state)."""
+    if config.legacy_state_path is None:
+        return None
+    from storage.transfer import TransferError, import_legacy_state
+
+    storage = config.storage
+    try:
+        result = await import_legacy_state(storage.url(), config.legacy_state_path,
+                                           connect_args=storage.engine_options().get("connect_args"))
+    except TransferError as exc:
+        return str(exc)
+    except Exception as exc:
+        return storage.explain(exc)
+    if result is not None:
+        logging.getLogger("manager").info("legacy state %s: %s", config.legacy_state_path, result.message)
+    return None
+
+
 def run_platform(args: argparse.Namespace, only: str | None = None) -> int:
     try:
         config = _load(args)
@@ -69,7 +89,7 @@ def run_platform(args: argparse.Namespace, only: str | None = None) -> int:
     port = settings.scheduler_http_port if args.port is None else args.port
 
     async def main() -> int:
-        problem = await _check_schema(platform.engine, config.storage)
+        problem = await _check_schema(platform.engine, config.storage) or await _import_legacy(config)
         if problem:
             await platform.engine.dispose()
             return _fail(problem, EXIT_FAILED)
@@ -106,10 +126,61 @@ def manager_main(argv: Sequence[str] | None = None) -> int:
     _common(parser)
     _common(sub.add_parser("run", help="run all enabled services (the default)"))
     _common(sub.add_parser("migrate", help="apply database migrations and exit"))
+    copy = sub.add_parser("migrate-storage", help="copy every scheduler table from one database to another")
+    copy.add_argument("--from", dest="source", required=True, metavar="URL", help="database to copy from")
+    copy.add_argument("--to", dest="target", required=True, metavar="URL", help="database to copy into (empty)")
+    copy.add_argument("--overwrite", action="store_true", help="delete the target's scheduler rows first")
+    copy.add_argument("--batch-size", type=int, default=1000)
+    export = sub.add_parser("export-state", help="write every service's state and run history to a JSON file")
+    export.add_argument("--to", dest="target", required=True, type=Path, metavar="FILE")
+    _common(export)
     args = parser.parse_args(argv)
     if args.command == "migrate":
         return run_migrate(args)
+    if args.command == "migrate-storage":
+        return run_migrate_storage(args)
+    if args.command == "export-state":
+        return run_export_state(args)
     return run_platform(args)
+
+
+def run_migrate_storage(args: argparse.Namespace) -> int:
+    from storage.transfer import TransferError, copy_storage
+
+    logs.configure()
+    try:
+        counts = anyio.run(lambda: copy_storage(
+            args.source, args.target, overwrite=args.overwrite, batch_size=args.batch_size,
+            progress=lambda table, rows: print(f"  {table}: {rows} rows", file=sys.stderr),
+        ))
+    except StorageConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except TransferError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    except Exception as exc:
+        return _fail(explain(exc, args.target), EXIT_FAILED)
+    for table, rows in counts.items():
+        print(f"{table}: {rows} rows copied")
+    return EXIT_OK
+
+
+def run_export_state(args: argparse.Namespace) -> int:
+    from storage.transfer import TransferError, export_state
+
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    storage = config.storage
+    try:
+        counts = anyio.run(lambda: export_state(storage.url(), args.target,
+                                                connect_args=storage.engine_options().get("connect_args")))
+    except TransferError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    except Exception as exc:
+        return _fail(storage.explain(exc), EXIT_FAILED)
+    print(f"wrote {counts['services']} services and {counts['runs']} runs to {args.target}")
+    return EXIT_OK
 
 
 def runner_main(argv: Sequence[str] | None = None) -> int:

@@ -121,6 +121,7 @@ class Config:
     storage: StorageSettings
     services: list[ServiceSpec]
     source: Path | None
+    legacy_state_path: Path | None = None  # the seed's storage.path: a JSON state file imported on first start
 
     def service(self, name: str) -> ServiceSpec:
         for spec in self.services:
@@ -201,7 +202,7 @@ def load_config(config_file: Path | None = None) -> Config:
     where = str(path) if path else "config"
     _import_plugins(env.get("SCHEDULER_PLUGINS") or (data.get("scheduler") or {}).get("plugins") or "")
 
-    storage = _load_storage(data, env, where)
+    storage, legacy = _load_storage(data, env, where)
     file_platform: dict[str, Any] = {}
     for key, value in (data.get("scheduler") or {}).items():
         if key == "storage":
@@ -229,16 +230,26 @@ def load_config(config_file: Path | None = None) -> Config:
     services = [
         _load_service(name, body, env, where) for name, body in _instances(data.get("services") or {}, where).items()
     ]
-    return Config(platform=platform, storage=storage, services=services, source=path)
+    return Config(platform=platform, storage=storage, services=services, source=path, legacy_state_path=legacy)
 
 
-def _load_storage(data: dict[str, Any], env: Mapping[str, str], where: str) -> StorageSettings:
-    """The seed's `storage:` section (under `scheduler:` or at the top), or the `database_url:` shorthand."""
+def _load_storage(data: dict[str, Any], env: Mapping[str, str], where: str) -> tuple[StorageSettings, Path | None]:
+    """The seed's `storage:` section (under `scheduler:` or at the top), or the `database_url:` shorthand.
+
+    `storage.path` names the legacy JSON state file that is imported on first start.
+    """
     section = (data.get("scheduler") or {}).get("storage") or data.get("storage")
+    legacy: Path | None = None
+    if isinstance(section, dict) and "path" in section:
+        section = dict(section)
+        raw = section.pop("path")
+        if raw is not None and not isinstance(raw, str):
+            raise ConfigError(f"storage.path in {where}: expected the path of a JSON state file")
+        legacy = Path(raw) if raw else None
     if section is None and data.get("database_url"):
         section = {"connection": {"connection_string": data["database_url"]}}
     try:
-        return load_storage_settings(section, env, where)
+        return load_storage_settings(section or None, env, where), legacy
     except StorageConfigError as exc:
         raise ConfigError(str(exc)) from None
 
