@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -26,6 +27,7 @@ from services.status import InvalidTransition
 
 ACTIONS = ("start", "stop", "pause", "resume", "trigger", "startAll", "stopAll")
 READY_CACHE_SECONDS = 2.0
+READY_PING_TIMEOUT = 1.0  # a partitioned database hangs statements; readiness must still answer
 MAX_PAGE = 500
 
 
@@ -70,12 +72,15 @@ class AdminApp:
             return JSONResponse({"status": "starting"}, status_code=503)
         now = time.monotonic()
         if now - self._ready_at > READY_CACHE_SECONDS:
+            self._ready_at = now  # one ping per period: requests during a slow ping get the last answer
             try:
-                await self.ping()
+                with anyio.fail_after(READY_PING_TIMEOUT):
+                    await self.ping()
                 self._ready = (True, "ok")
+            except TimeoutError:
+                self._ready = (False, f"database did not answer within {READY_PING_TIMEOUT:g}s")
             except Exception as exc:
                 self._ready = (False, f"database unreachable: {type(exc).__name__}")
-            self._ready_at = now
         ok, reason = self._ready
         return JSONResponse({"status": "ready" if ok else "not ready", "reason": reason},
                             status_code=200 if ok else 503)

@@ -602,8 +602,9 @@ class BaseSchedulerService(ABC):
         finally:
             if handle.lease is not None:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_TIMEOUT):
-                    if not handle.lease.lost.is_set():
-                        await self._quietly(self.coordinator.release(handle.lease))  # type: ignore[union-attr]
+                    # Also when lost: the release is fenced by the token (a no-op once another node holds
+                    # the lease), and it drops the lease from `held`, which the heartbeat would renew forever.
+                    await self._quietly(self.coordinator.release(handle.lease))  # type: ignore[union-attr]
             self._current = None
             handle.done.set()
         if handle.outcome is RunStatus.SUCCEEDED:

@@ -30,9 +30,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.clock import SystemClock
 from services.runs import RunStore, ServiceState, insert_ignoring_conflicts
 from storage.dbclock import db_utc_now, db_utc_now_plus
+from storage.engine import writer
 from storage.schema import leases, nodes, runs
 
 log = logging.getLogger("services.coordination")
+# A clock sample is only as good as half its round trip: a late answer (database unreachable or
+# overloaded) would throw the scheduling clock off, so such samples are dropped.
+_MAX_ALIGN_ROUND_TRIP = timedelta(milliseconds=500)
 
 
 @dataclass
@@ -123,6 +127,7 @@ class Coordinator:
                 f"heartbeat interval {heartbeat_interval:g}s must be at most a third of the lock TTL {lock_ttl:g}s"
             )
         self.engine = engine
+        self._writes = writer(engine)
         self.node_id = node_id
         self.lock_ttl = lock_ttl
         self.heartbeat_interval = heartbeat_interval
@@ -202,7 +207,7 @@ class Coordinator:
         with one conditional update (each row guarded by the token just read), read back what we got."""
         started = anyio.current_time()
         names = list(wanted)
-        async with self.engine.begin() as conn:
+        async with self._writes.begin() as conn:
             rows = {
                 r.scheduler: r
                 for r in await conn.execute(
@@ -266,7 +271,7 @@ class Coordinator:
     async def _acquire_one(self, scheduler: str, run_id: str | None) -> Lease | Busy:
         """Single acquisition (takeover of an expired lease)."""
         started = anyio.current_time()
-        async with self.engine.begin() as conn:
+        async with self._writes.begin() as conn:
             row = (
                 await conn.execute(
                     select(leases.c.holder, leases.c.fencing_token, leases.c.run_id).where(
@@ -306,7 +311,7 @@ class Coordinator:
     async def set_run(self, lease: Lease, run_id: str) -> None:
         """Point the lease at the run now executing under it (a retry attempt), so takeover finds it."""
         lease.run_id = run_id
-        async with self.engine.begin() as conn:
+        async with self._writes.begin() as conn:
             await conn.execute(
                 update(leases)
                 .where(leases.c.scheduler == lease.scheduler, leases.c.fencing_token == lease.token)
@@ -316,7 +321,7 @@ class Coordinator:
     async def release(self, lease: Lease) -> None:
         """Give the lease back (only if still ours: the token must match)."""
         self.held.pop(lease.scheduler, None)
-        async with self.engine.begin() as conn:
+        async with self._writes.begin() as conn:
             await conn.execute(
                 update(leases)
                 .where(leases.c.scheduler == lease.scheduler, leases.c.fencing_token == lease.token,
@@ -327,22 +332,30 @@ class Coordinator:
     # ------------------------------------------------------------------ heartbeat
 
     async def beat(self) -> None:
-        """Measure the clock offset, refresh the node row, renew held leases, look for expired ones."""
+        """Measure the clock offset, refresh the node row, renew held leases, look for expired ones.
+
+        Bounded by the lock TTL: in a network partition statements can hang until the kernel gives up on the
+        connection (many minutes); a heartbeat that cannot finish in time has failed, and the runs whose
+        leases it could not renew cancel themselves at their local deadline.
+        """
         try:
-            await self._align_clock()
-            async with self.engine.begin() as conn:
-                await conn.execute(
-                    update(nodes).where(nodes.c.node_id == self.node_id).values(heartbeat_at=db_utc_now())
-                )
-            await self._renew()
-            expired = await self._find_expired()
-            await self._sweep_orphans()
-            states = await RunStore(self.engine, self.node_id).load_states(list(self._state))
+            with anyio.fail_after(self.lock_ttl):
+                await self._beat()
         except Exception as exc:
             if self.healthy:
-                log.warning("coordination: heartbeat failed: %s", exc)
+                log.warning("coordination: heartbeat failed: %s", exc or type(exc).__name__)
             self.healthy = False
-            return
+
+    async def _beat(self) -> None:
+        await self._align_clock()
+        async with self._writes.begin() as conn:
+            await conn.execute(
+                update(nodes).where(nodes.c.node_id == self.node_id).values(heartbeat_at=db_utc_now())
+            )
+        await self._renew()
+        expired = await self._find_expired()
+        await self._sweep_orphans()
+        states = await RunStore(self.engine, self.node_id).load_states(list(self._state))
         if not self.healthy:
             log.info("coordination: database reachable; node %s heartbeating", self.node_id)
         self.healthy = True
@@ -358,6 +371,8 @@ class Coordinator:
         async with self.engine.connect() as conn:
             db_now: datetime = (await conn.execute(select(db_utc_now()))).scalar_one()
         received = self.clock.now() - self.clock.correction
+        if received - sent > _MAX_ALIGN_ROUND_TRIP:
+            return
         correction = db_now - (sent + (received - sent) / 2)
         # Ignore jitter below 5 ms; a real skew (seconds) is corrected at once.
         if abs((correction - self.clock.correction).total_seconds()) > 0.005:
@@ -371,7 +386,7 @@ class Coordinator:
             return
         started = anyio.current_time()
         held = dict(self.held)
-        async with self.engine.begin() as conn:
+        async with self._writes.begin() as conn:
             renewed = await conn.execute(
                 update(leases)
                 .where(leases.c.holder == self.node_id, leases.c.scheduler.in_(list(held)))
@@ -415,7 +430,7 @@ class Coordinator:
             .where(leases.c.holder.is_not(None), leases.c.run_id.is_not(None))
             .scalar_subquery()
         )
-        async with self.engine.begin() as conn:
+        async with self._writes.begin() as conn:
             result = await conn.execute(
                 update(runs)
                 .where(
@@ -438,14 +453,14 @@ class Coordinator:
             "services": sorted(self._takeover), "started_at": db_utc_now(), "heartbeat_at": db_utc_now(),
             "stopped_at": None,
         }
-        async with self.engine.begin() as conn:
+        async with self._writes.begin() as conn:
             result = await conn.execute(update(nodes).where(nodes.c.node_id == self.node_id).values(**values))
             if not result.rowcount:
                 await conn.execute(insert_ignoring_conflicts(conn, nodes).values(node_id=self.node_id, **values))
 
     async def _unregister(self) -> None:
         try:
-            async with self.engine.begin() as conn:
+            async with self._writes.begin() as conn:
                 await conn.execute(
                     update(nodes).where(nodes.c.node_id == self.node_id).values(stopped_at=db_utc_now())
                 )

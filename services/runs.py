@@ -14,6 +14,7 @@ from sqlalchemy import Insert, Table, delete, exists, func, insert, select, upda
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from storage.engine import writer
 from storage.schema import leases, runs, service_state
 
 
@@ -126,6 +127,7 @@ class RunStore:
 
     def __init__(self, engine: AsyncEngine, node: str) -> None:
         self.engine = engine
+        self._writes = writer(engine)
         self.node = node
         self._pending: list[_PendingClaim] = []
         self.claim_statements = 0  # how many insert round trips claims took (benchmarks, tests)
@@ -186,7 +188,7 @@ class RunStore:
     async def _insert_many(self, rows: list[dict[str, Any]]) -> set[str]:
         """Insert the rows, skipping conflicts; return the ids that were inserted (the claims won)."""
         self.claim_statements += 1
-        async with self.engine.begin() as conn:
+        async with self._writes.begin() as conn:
             stmt = insert_ignoring_conflicts(conn, runs)
             if conn.dialect.name in ("postgresql", "sqlite"):
                 result = await conn.execute(stmt.values(rows).returning(runs.c.id))
@@ -214,7 +216,7 @@ class RunStore:
         return await self._insert_once(row)
 
     async def _insert_once(self, row: dict[str, Any]) -> bool:
-        async with self.engine.begin() as conn:
+        async with self._writes.begin() as conn:
             stmt = insert_ignoring_conflicts(conn, runs)
             try:
                 result = await conn.execute(stmt, row)
@@ -249,13 +251,13 @@ class RunStore:
                 exists().where(leases.c.scheduler == scheduler, leases.c.fencing_token == token)
             )
             values["fencing_token"] = token
-        async with self.engine.begin() as conn:
+        async with self._writes.begin() as conn:
             result = await conn.execute(update(runs).where(*conditions).values(**values))
             return bool(result.rowcount)
 
     async def resolve(self, run_id: str, status: RunStatus, reason: str, *, at: datetime) -> bool:
         """Close a `running` row that never really ran (lease busy) or whose node died (abandoned)."""
-        async with self.engine.begin() as conn:
+        async with self._writes.begin() as conn:
             result = await conn.execute(
                 update(runs)
                 .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING.value)
@@ -299,7 +301,7 @@ class RunStore:
 
     async def close_orphans(self, scheduler: str, *, at: datetime, reason: str) -> int:
         """Mark this node's own `running` rows left by a previous process as abandoned."""
-        async with self.engine.begin() as conn:
+        async with self._writes.begin() as conn:
             result = await conn.execute(
                 update(runs)
                 .where(
@@ -313,7 +315,7 @@ class RunStore:
 
     async def delete_runs_before(self, cutoff: datetime, *, batch_size: int) -> int:
         """Delete up to `batch_size` finished run rows whose fire time is older than `cutoff`."""
-        async with self.engine.begin() as conn:
+        async with self._writes.begin() as conn:
             ids = (
                 await conn.execute(
                     select(runs.c.id)
@@ -346,7 +348,7 @@ class RunStore:
         them fire on the same rhythm (different anchors would mean different fire times, which the
         claim's unique constraint could not catch).
         """
-        async with self.engine.begin() as conn:
+        async with self._writes.begin() as conn:
             await conn.execute(
                 insert_ignoring_conflicts(conn, service_state),
                 {"scheduler": scheduler, "paused": False, "status": "STOPPED", "consecutive_failures": 0,
@@ -365,7 +367,7 @@ class RunStore:
     async def save_state(self, scheduler: str, *, updated_at: datetime, **values: Any) -> None:
         """Upsert the service's state row with the given columns."""
         values = {**values, "updated_at": updated_at, "node": self.node}
-        async with self.engine.begin() as conn:
+        async with self._writes.begin() as conn:
             result = await conn.execute(
                 update(service_state).where(service_state.c.scheduler == scheduler).values(**values)
             )

@@ -145,3 +145,14 @@ def _sqlite_engine(
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def writer(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine for transactions that write: on SQLite they take the write lock at BEGIN.
+
+    A deferred SQLite transaction that reads and then writes cannot upgrade its lock while another
+    process writes; SQLite then fails at once with "database is locked" instead of waiting on the busy
+    timeout (it would deadlock otherwise). BEGIN IMMEDIATE queues such transactions instead. Other
+    engines ignore the option.
+    """
+    return engine.execution_options(sqlite_begin_immediate=True)
