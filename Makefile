@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck pytest migrate bench clean
+.PHONY: run test lint typecheck pytest migrate bench bench-claims bench-replicas bench-failover clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,5 +41,14 @@ test: lint typecheck pytest
 bench: $(STAMP_DEV)
 	$(BIN)/python -m bench.core
 
+bench-claims: $(STAMP_DEV)
+	$(BIN)/python -m bench.claims
+
+bench-replicas: $(STAMP_DEV)
+	$(BIN)/python -m bench.replicas
+
+bench-failover: $(STAMP_DEV)
+	$(BIN)/python -m bench.failover
+
 clean:
-	rm -rf $(VENV) var/*.db var/*.db-*
+	rm -rf $(VENV) var/*.db var/*.db-* bench/.venv-baseline

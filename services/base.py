@@ -50,6 +50,12 @@ _CLEANUP_TIMEOUT = 10.0
 _ERROR_BACKOFF = 1.0
 
 
+def whole_second(moment: datetime) -> datetime:
+    """Interval anchors sit on whole seconds: services started together then fire at the same instants,
+    which lets one process claim all of them in one statement (and fire times read well)."""
+    return moment.replace(microsecond=0)
+
+
 class ServiceError(RuntimeError):
     """An operation the service cannot do in its current state; the message says why."""
 
@@ -86,6 +92,7 @@ class _RunHandle:
     waiting_to_retry: bool = False
     outcome: RunStatus | None = None
     lease: Lease | None = None
+    lease_released: bool = False
 
 
 @dataclass
@@ -417,7 +424,8 @@ class BaseSchedulerService(ABC):
                 self.log.warning("ignoring stored runtime overrides %s: %s", state.overrides, exc)
         if force_update and state and state.overrides:
             self.log.info("SCHEDULER_FORCE_UPDATE: configured values replace runtime overrides %s", state.overrides)
-        anchor = state.anchor_at if state and state.anchor_at else await self.store.establish_anchor(self.name, now)
+        anchor = (state.anchor_at if state and state.anchor_at
+                  else await self.store.establish_anchor(self.name, whole_second(now)))
         self._apply_config(config, anchor=anchor)
         self._paused = bool(state and state.paused)
         last_fire = await self.store.last_fire_time(self.name)
@@ -437,7 +445,7 @@ class BaseSchedulerService(ABC):
         if anchor is not None:
             self._anchor = anchor
         elif schedule != self._schedule:
-            self._anchor = self.clock.now()  # a new rhythm starts now
+            self._anchor = whole_second(self.clock.now())  # a new rhythm starts now
         self.config = config
         self._schedule = schedule
 
@@ -600,7 +608,7 @@ class BaseSchedulerService(ABC):
                     await self._attempts(handle)
                     guard.cancel_scope.cancel()
         finally:
-            if handle.lease is not None:
+            if handle.lease is not None and not handle.lease_released:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_TIMEOUT):
                     # Also when lost: the release is fenced by the token (a no-op once another node holds
                     # the lease), and it drops the lease from `held`, which the heartbeat would renew forever.
@@ -744,7 +752,7 @@ class BaseSchedulerService(ABC):
             error = f"{type(exc).__name__}: {exc}"
             log.error("run failed after %.3fs: %s%s", duration, error, " (will retry)" if will_retry else "",
                       exc_info=exc)
-            await self._finish(ctx, RunStatus.FAILED, duration, error)
+            await self._finish(ctx, RunStatus.FAILED, duration, error, final=not will_retry)
             self.events.emit(RunFailed(at=self.clock.now(), duration_seconds=duration, error=error,
                                        will_retry=will_retry, items_processed=ctx.items_processed, **base))
             return RunStatus.FAILED
@@ -752,7 +760,7 @@ class BaseSchedulerService(ABC):
         if timeout_scope.cancelled_caught or timeout_scope.cancel_called:  # even if run_once swallowed it
             error = f"timed out after {timeout:g}s; the run was cancelled"
             log.error("run %s%s", error, " (will retry)" if will_retry else "")
-            await self._finish(ctx, RunStatus.TIMED_OUT, duration, error)
+            await self._finish(ctx, RunStatus.TIMED_OUT, duration, error, final=not will_retry)
             self.events.emit(RunTimedOut(at=self.clock.now(), duration_seconds=duration, error=error,
                                          will_retry=will_retry, items_processed=ctx.items_processed, **base))
             return RunStatus.TIMED_OUT
@@ -762,8 +770,13 @@ class BaseSchedulerService(ABC):
         log.info("run succeeded in %.3fs (%d items)", duration, ctx.items_processed)
         return RunStatus.SUCCEEDED
 
-    async def _finish(self, ctx: RunContext, status: RunStatus, duration: float, error: str | None) -> None:
-        """Record the outcome; shielded and time-boxed, so it lands even while the run is being cancelled."""
+    async def _finish(
+        self, ctx: RunContext, status: RunStatus, duration: float, error: str | None, *, final: bool = True
+    ) -> None:
+        """Record the outcome; shielded and time-boxed, so it lands even while the run is being cancelled.
+
+        The last attempt's outcome and the lease release share one transaction.
+        """
         now = self.clock.now()
         self.metrics.total_duration += duration
         if status is RunStatus.SUCCEEDED:
@@ -777,14 +790,20 @@ class BaseSchedulerService(ABC):
             self.metrics.last_error = error
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + _CLEANUP_TIMEOUT
-            lease = ctx._handle.lease
+            handle = ctx._handle
+            lease = handle.lease
             fence = (self.name, lease.token) if lease is not None else None
+            release = final and lease is not None and not lease.lost.is_set()
             try:
                 recorded = await self.store.finish(ctx.run_id, status, finished_at=now, duration=duration,
-                                                   items=ctx.items_processed, error=error, fence=fence)
+                                                   items=ctx.items_processed, error=error, fence=fence,
+                                                   release_lease=release)
             except Exception as exc:
                 ctx.logger.error("could not record the run as %s: %s", status.value, exc)
                 return
+            if release and lease is not None and self.coordinator is not None:
+                handle.lease_released = True
+                self.coordinator.forget(lease)
             if not recorded:
                 ctx.logger.warning("outcome %s not recorded: the run was taken over (fencing token %s superseded)",
                                    status.value, fence[1] if fence else None)

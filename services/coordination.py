@@ -28,7 +28,7 @@ from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.clock import SystemClock
-from services.runs import RunStore, ServiceState, insert_ignoring_conflicts
+from services.runs import _RELEASE, RunStore, ServiceState, insert_ignoring_conflicts
 from storage.dbclock import db_utc_now, db_utc_now_plus
 from storage.engine import writer
 from storage.schema import leases, nodes, runs
@@ -176,7 +176,7 @@ class Coordinator:
         """Take the service's lease if it is free or expired; the token grows by one on every acquisition.
 
         Acquisitions requested in the same event-loop turn (services whose fires fell due together) share
-        at most five statements in all, like claims do; see `_acquire_many`.
+        one statement in the common case, like claims do; see `_acquire_many`.
         """
         if run_id is None:
             return await self._acquire_one(scheduler, run_id)
@@ -203,69 +203,73 @@ class Coordinator:
         return pending.result
 
     async def _acquire_many(self, wanted: dict[str, str]) -> dict[str, Lease | Busy]:
-        """Acquire several services' leases: read, insert the missing rows, take the free or expired ones
-        with one conditional update (each row guarded by the token just read), read back what we got."""
+        """Acquire several services' leases in one transaction.
+
+        One conditional update takes every free or expired lease (atomic per row under its row lock, so
+        two nodes cannot both succeed) and returns the new tokens; only the leases not taken are read, to
+        tell a busy one from one that has no row yet (those are inserted, first insert wins).
+        """
         started = anyio.current_time()
         names = list(wanted)
+        got: dict[str, int] = {}
+        busy: dict[str, Busy] = {}
         async with self._writes.begin() as conn:
-            rows = {
-                r.scheduler: r
-                for r in await conn.execute(
-                    select(leases.c.scheduler, leases.c.holder, leases.c.fencing_token, leases.c.run_id).where(
-                        leases.c.scheduler.in_(names)
+            returning = conn.dialect.name in ("postgresql", "sqlite")
+            take = (
+                update(leases)
+                .where(leases.c.scheduler.in_(names),
+                       or_(leases.c.holder.is_(None), leases.c.expires_at < db_utc_now()))
+                .values(holder=self.node_id, fencing_token=leases.c.fencing_token + 1,
+                        run_id=case(wanted, value=leases.c.scheduler), acquired_at=db_utc_now(),
+                        expires_at=db_utc_now_plus(self.lock_ttl))
+            )
+            if returning:
+                got = {r.scheduler: int(r.fencing_token)
+                       for r in await conn.execute(take.returning(leases.c.scheduler, leases.c.fencing_token))}
+            else:
+                await conn.execute(take)
+            rest = [name for name in names if name not in got]
+            if rest:
+                rows = {r.scheduler: r for r in await conn.execute(
+                    select(leases.c.scheduler, leases.c.holder, leases.c.fencing_token, leases.c.run_id)
+                    .where(leases.c.scheduler.in_(rest)))}
+                for name in rest:
+                    row = rows.get(name)
+                    if row is None:
+                        continue
+                    if row.holder == self.node_id and row.run_id == wanted[name]:
+                        got[name] = int(row.fencing_token)  # taken by the update above (no RETURNING)
+                    else:
+                        busy[name] = Busy(row.holder, row.run_id)
+                missing = [name for name in rest if name not in rows]
+                if missing:
+                    await conn.execute(
+                        insert_ignoring_conflicts(conn, leases).values(
+                            [{"scheduler": name, "holder": self.node_id, "fencing_token": 1,
+                              "run_id": wanted[name]} for name in missing]
+                        )
                     )
-                )
-            }
-            missing = [name for name in names if name not in rows]
-            if missing:
-                await conn.execute(
-                    insert_ignoring_conflicts(conn, leases).values(
-                        [{"scheduler": name, "holder": self.node_id, "fencing_token": 1, "run_id": wanted[name]}
-                         for name in missing]
+                    # Times by the database clock; only rows this insert created still lack them.
+                    await conn.execute(
+                        update(leases)
+                        .where(leases.c.scheduler.in_(missing), leases.c.holder == self.node_id,
+                               leases.c.acquired_at.is_(None))
+                        .values(acquired_at=db_utc_now(), expires_at=db_utc_now_plus(self.lock_ttl))
                     )
-                )
-                # The insert cannot carry SQL expressions per row on every engine: set the times now.
-                await conn.execute(
-                    update(leases)
-                    .where(leases.c.scheduler.in_(missing), leases.c.holder == self.node_id,
-                           leases.c.fencing_token == 1, leases.c.acquired_at.is_(None))
-                    .values(acquired_at=db_utc_now(), expires_at=db_utc_now_plus(self.lock_ttl))
-                )
-            existing = [name for name in names if name in rows]
-            if existing:
-                await conn.execute(
-                    update(leases)
-                    .where(
-                        leases.c.scheduler.in_(existing),
-                        leases.c.fencing_token == case(
-                            {name: int(rows[name].fencing_token) for name in existing}, value=leases.c.scheduler
-                        ),
-                        or_(leases.c.holder.is_(None), leases.c.expires_at < db_utc_now()),
-                    )
-                    .values(
-                        holder=self.node_id,
-                        fencing_token=leases.c.fencing_token + 1,
-                        run_id=case({name: wanted[name] for name in existing}, value=leases.c.scheduler),
-                        acquired_at=db_utc_now(),
-                        expires_at=db_utc_now_plus(self.lock_ttl),
-                    )
-                )
-            got = {
-                r.scheduler: int(r.fencing_token)
-                for r in await conn.execute(
-                    select(leases.c.scheduler, leases.c.fencing_token, leases.c.run_id).where(
-                        leases.c.scheduler.in_(names), leases.c.holder == self.node_id
-                    )
-                )
-                if r.run_id == wanted[r.scheduler]
-            }
+                    for r in await conn.execute(
+                        select(leases.c.scheduler, leases.c.holder, leases.c.fencing_token, leases.c.run_id)
+                        .where(leases.c.scheduler.in_(missing))
+                    ):
+                        if r.holder == self.node_id and r.run_id == wanted[r.scheduler]:
+                            got[r.scheduler] = int(r.fencing_token)
+                        else:
+                            busy[r.scheduler] = Busy(r.holder, r.run_id)
         results: dict[str, Lease | Busy] = {}
         for name in names:
             if name in got:
                 results[name] = self._hold(Lease(name, got[name], wanted[name], started + self._lease_seconds()))
             else:
-                row = rows.get(name)
-                results[name] = Busy(row.holder if row else None, row.run_id if row else None)
+                results[name] = busy.get(name, Busy(None, None))
         return results
 
     async def _acquire_one(self, scheduler: str, run_id: str | None) -> Lease | Busy:
@@ -320,14 +324,16 @@ class Coordinator:
 
     async def release(self, lease: Lease) -> None:
         """Give the lease back (only if still ours: the token must match)."""
-        self.held.pop(lease.scheduler, None)
+        self.forget(lease)
         async with self._writes.begin() as conn:
             await conn.execute(
-                update(leases)
-                .where(leases.c.scheduler == lease.scheduler, leases.c.fencing_token == lease.token,
-                       leases.c.holder == self.node_id)
-                .values(holder=None, run_id=None, expires_at=None)
+                _RELEASE, {"p_scheduler": lease.scheduler, "p_token": lease.token, "p_holder": self.node_id}
             )
+
+    def forget(self, lease: Lease) -> None:
+        """Stop renewing a lease that was released elsewhere (with the run's outcome, in one transaction)."""
+        if self.held.get(lease.scheduler) is lease:
+            del self.held[lease.scheduler]
 
     # ------------------------------------------------------------------ heartbeat
 
