@@ -159,9 +159,11 @@ class SchedulerManager:
         return await self.get(name).service.trigger()
 
     async def start_all(self) -> None:
-        for name, registration in self.registrations.items():
-            if registration.service.config.auto_start and not registration.supervised:
-                await self.start(name)
+        """Start every auto-start service at once: a hundred services must not queue their start-up reads."""
+        async with anyio.create_task_group() as tg:
+            for name, registration in self.registrations.items():
+                if registration.service.config.auto_start and not registration.supervised:
+                    tg.start_soon(self.start, name)
 
     async def stop_all(self, grace: float | None = None) -> None:
         async with anyio.create_task_group() as tg:
