@@ -50,12 +50,6 @@ _CLEANUP_TIMEOUT = 10.0
 _ERROR_BACKOFF = 1.0
 
 
-def whole_second(moment: datetime) -> datetime:
-    """Interval anchors sit on whole seconds: services started together then fire at the same instants,
-    which lets one process claim all of them in one statement (and fire times read well)."""
-    return moment.replace(microsecond=0)
-
-
 class ServiceError(RuntimeError):
     """An operation the service cannot do in its current state; the message says why."""
 
@@ -424,8 +418,7 @@ class BaseSchedulerService(ABC):
                 self.log.warning("ignoring stored runtime overrides %s: %s", state.overrides, exc)
         if force_update and state and state.overrides:
             self.log.info("SCHEDULER_FORCE_UPDATE: configured values replace runtime overrides %s", state.overrides)
-        anchor = (state.anchor_at if state and state.anchor_at
-                  else await self.store.establish_anchor(self.name, whole_second(now)))
+        anchor = state.anchor_at if state and state.anchor_at else await self.store.establish_anchor(self.name, now)
         self._apply_config(config, anchor=anchor)
         self._paused = bool(state and state.paused)
         last_fire = await self.store.last_fire_time(self.name)
@@ -445,7 +438,7 @@ class BaseSchedulerService(ABC):
         if anchor is not None:
             self._anchor = anchor
         elif schedule != self._schedule:
-            self._anchor = whole_second(self.clock.now())  # a new rhythm starts now
+            self._anchor = self.clock.now()  # a new rhythm starts now
         self.config = config
         self._schedule = schedule
 

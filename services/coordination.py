@@ -16,17 +16,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 from anyio.abc import TaskStatus
 from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.batching import TurnBatcher
 from services.clock import SystemClock
 from services.runs import _RELEASE, RunStore, ServiceState, insert_ignoring_conflicts
 from storage.dbclock import db_utc_now, db_utc_now_plus
@@ -63,15 +63,6 @@ class Lease:
             if anyio.current_time() >= self.deadline:
                 self.mark_lost("the lease could not be renewed within its TTL (database unreachable?)")
         return self.lost_reason or "lease lost"
-
-
-@dataclass
-class _PendingLease:
-    scheduler: str
-    run_id: str
-    done: anyio.Event = field(default_factory=anyio.Event)
-    result: Lease | Busy | None = None
-    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -137,7 +128,7 @@ class Coordinator:
         self.healthy = False  # the last heartbeat reached the database
         self._takeover: dict[str, TakeoverHandler] = {}
         self._state: dict[str, StateHandler] = {}
-        self._pending: list[_PendingLease] = []
+        self._acquisitions: TurnBatcher[tuple[str, str], Lease | Busy] = TurnBatcher(self._acquire_requests)
 
     # ------------------------------------------------------------------ wiring
 
@@ -180,27 +171,11 @@ class Coordinator:
         """
         if run_id is None:
             return await self._acquire_one(scheduler, run_id)
-        pending = _PendingLease(scheduler, run_id)
-        self._pending.append(pending)
-        if len(self._pending) > 1:
-            await pending.done.wait()
-        else:
-            await anyio.lowlevel.checkpoint()
-            batch, self._pending = self._pending, []
-            try:
-                results = await self._acquire_many({p.scheduler: p.run_id for p in batch})
-            except BaseException as exc:
-                for p in batch:
-                    p.error = exc
-                raise
-            finally:
-                for p in batch:
-                    p.result = results.get(p.scheduler) if p.error is None else None
-                    p.done.set()
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
+        return await self._acquisitions.submit((scheduler, run_id))
+
+    async def _acquire_requests(self, requests: Sequence[tuple[str, str]]) -> list[Lease | Busy]:
+        results = await self._acquire_many(dict(requests))
+        return [results[scheduler] for scheduler, _ in requests]
 
     async def _acquire_many(self, wanted: dict[str, str]) -> dict[str, Lease | Busy]:
         """Acquire several services' leases in one transaction.

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-import anyio
-import anyio.lowlevel
 from sqlalchemy import Insert, Table, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.batching import TurnBatcher
 from storage.engine import writer
 from storage.schema import leases, runs, service_state
 
@@ -135,14 +135,6 @@ _RELEASE = (
 )
 
 
-@dataclass
-class _PendingClaim:
-    row: dict[str, Any]
-    done: anyio.Event = field(default_factory=anyio.Event)
-    won: bool = False
-    error: BaseException | None = None
-
-
 class RunStore:
     """All database access of the scheduling core. Every method is one short transaction."""
 
@@ -150,7 +142,7 @@ class RunStore:
         self.engine = engine
         self._writes = writer(engine)
         self.node = node
-        self._pending: list[_PendingClaim] = []
+        self._claims: TurnBatcher[dict[str, Any], bool] = TurnBatcher(self._claim_rows)
         self.claim_statements = 0  # how many insert round trips claims took (benchmarks, tests)
 
     async def claim(
@@ -176,35 +168,13 @@ class RunStore:
             "lag_seconds": max(0.0, (started_at - scheduled_for).total_seconds()),
             "items_processed": 0,
         }
-        return run_id if await self._claim_batched(row) else None
+        # Claims made in the same event-loop turn share one multi-row insert: a hundred services due
+        # together cost one round trip, not a hundred.
+        return run_id if await self._claims.submit(row) else None
 
-    async def _claim_batched(self, row: dict[str, Any]) -> bool:
-        """Claims made in the same event-loop turn share one multi-row insert.
-
-        The first caller leads: it yields once so every service waking for the same instant can add its
-        row, then inserts them all and tells each caller whether its row landed. A hundred services due
-        together cost one round trip, not a hundred.
-        """
-        pending = _PendingClaim(row)
-        self._pending.append(pending)
-        if len(self._pending) > 1:
-            await pending.done.wait()
-        else:
-            await anyio.lowlevel.checkpoint()
-            batch, self._pending = self._pending, []
-            try:
-                won = await self._insert_many([p.row for p in batch])
-            except BaseException as exc:
-                for p in batch:
-                    p.error = exc
-                raise
-            finally:
-                for p in batch:
-                    p.won = p.row["id"] in won if p.error is None else False
-                    p.done.set()
-        if pending.error is not None:
-            raise pending.error
-        return pending.won
+    async def _claim_rows(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
+        won = await self._insert_many(list(rows))
+        return [row["id"] in won for row in rows]
 
     async def _insert_many(self, rows: list[dict[str, Any]]) -> set[str]:
         """Insert the rows, skipping conflicts; return the ids that were inserted (the claims won)."""

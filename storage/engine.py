@@ -116,9 +116,12 @@ def _sqlite_engine(
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {}
     if not in_memory:  # :memory: uses a StaticPool, which has no size, overflow or timeout
-        for name, value in (("pool_size", pool_size), ("max_overflow", max_overflow), ("pool_timeout", pool_timeout)):
-            if value is not None:
-                options[name] = value
+        # One connection per process: SQLite has a single writer, and writers queued on our own pool are
+        # served in order, while several connections would contend inside SQLite, whose busy handler
+        # sleeps in growing steps (up to 100 ms) and starves some of them (measured: runs over a second).
+        options.update(pool_size=1, max_overflow=0)
+        if pool_timeout is not None:
+            options["pool_timeout"] = pool_timeout
     if connect_args:
         options["connect_args"] = connect_args
     engine = create_async_engine(url, echo=echo, **options)

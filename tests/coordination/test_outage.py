@@ -30,14 +30,12 @@ from typing import Any, Literal
 import anyio
 import httpx
 import pytest
-from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from storage.engine import create_engine
 from storage.migrate import upgrade
-from storage.schema import runs
 from tests.support.processes import Proc, base_env, free_port, poll
 from tests.support.proxy import TcpProxy
+from tests.support.records import fetch_runs
 
 pytestmark = pytest.mark.slow
 
@@ -102,19 +100,6 @@ def runner(case: Case, server_url: str, proxy: TcpProxy, tmp_path: Path) -> Iter
     proc = Proc(["runner", "--scheduler=probe"], env, free_port(), tmp_path, "outage")
     yield proc
     proc.close()
-
-
-def fetch_runs(url: str) -> list[dict[str, Any]]:
-    async def read() -> list[dict[str, Any]]:
-        engine = create_engine(url)
-        try:
-            async with engine.connect() as conn:
-                rows = (await conn.execute(select(runs).where(runs.c.scheduler == "probe"))).mappings()
-                return [dict(row) for row in rows]
-        finally:
-            await engine.dispose()
-
-    return anyio.run(read)
 
 
 def get_status(proc: Proc, path: str, timeout: float) -> int | None:

@@ -16,28 +16,13 @@ from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import select
 
-from storage.engine import create_engine
 from storage.migrate import upgrade
-from storage.schema import runs
 from tests.support.processes import Proc, base_env, free_port, poll
+from tests.support.records import fetch_runs
 
 pytestmark = pytest.mark.slow
 TTL, HEARTBEAT = 3, 1
-
-
-def fetch_runs(url: str) -> list[dict[str, Any]]:
-    async def read() -> list[dict[str, Any]]:
-        engine = create_engine(url)
-        try:
-            async with engine.connect() as conn:
-                rows = (await conn.execute(select(runs).where(runs.c.scheduler == "probe"))).mappings()
-                return [dict(row) for row in rows]
-        finally:
-            await engine.dispose()
-
-    return anyio.run(read)
 
 
 @pytest.fixture
