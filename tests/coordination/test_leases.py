@@ -266,7 +266,8 @@ async def test_leases_acquired_together_share_a_few_statements(engine: AsyncEngi
     assert busy == ["svc-3"] and results["svc-3"] == Busy("b", "theirs")
     tokens = {name: got.token for name, got in results.items() if isinstance(got, Lease)}
     assert all(tokens[f"svc-{i}"] == (2 if i % 2 else 1) for i in range(50) if i != 3)
-    assert len([s for s in statements if not s.startswith("BEGIN")]) <= 5, statements  # not 2 x 50
+    # lock in order, take, read the rest, insert the missing, time them, read them back: not 2 x 50
+    assert len([s for s in statements if not s.startswith("BEGIN")]) <= 6, statements
 
 
 async def test_heartbeat_abandons_running_rows_no_lease_covers(engine: AsyncEngine) -> None:
