@@ -28,9 +28,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.batching import TurnBatcher
 from services.clock import SystemClock
-from services.runs import _RELEASE, RunStore, ServiceState, insert_ignoring_conflicts
+from services.runs import _RELEASE, RunStore, ServiceState
 from storage.dbclock import db_utc_now, db_utc_now_plus
 from storage.engine import writer
+from storage.inserts import insert_ignoring_conflicts
 from storage.schema import leases, nodes, runs
 
 log = logging.getLogger("services.coordination")

@@ -9,12 +9,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Insert, Table, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import bindparam, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.batching import TurnBatcher
 from storage.engine import writer
+from storage.inserts import insert_ignoring_conflicts
 from storage.schema import leases, runs, service_state
 
 
@@ -93,25 +94,6 @@ def _iso(value: datetime | None) -> str | None:
 
 def new_run_id() -> str:
     return str(uuid.uuid4())
-
-
-def insert_ignoring_conflicts(conn: AsyncConnection, table: Table) -> Insert:
-    """An INSERT that skips rows violating a unique constraint instead of raising, on every engine."""
-    # Dialect modules are imported on use: each pulls in all of its driver adapters (megabytes of RSS).
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(table).on_conflict_do_nothing()
-    if dialect in ("mysql", "mariadb"):
-        from sqlalchemy.dialects.mysql import insert as mysql_insert
-
-        return mysql_insert(table).prefix_with("IGNORE")
-    return insert(table)
 
 
 # The statements every run executes, built once: constructing SQLAlchemy expressions per call costs more

@@ -96,6 +96,7 @@ from sqlalchemy.types import TypeDecorator
 
 from storage import errors, revision
 from storage.engine import create_engine
+from storage.inserts import SUPPORTED, insert_ignoring_conflicts
 from storage.schema import leases, runs, service_state
 from storage.url import async_url, redact
 
@@ -669,21 +670,10 @@ async def _insert_ignoring(conn: AsyncConnection, table: Table, rows: list[dict[
 
 
 def _insert_ignore(conn: AsyncConnection, table: Table) -> Insert:
-    """INSERT that skips rows whose primary key or unique key is taken (services.runs has the same for runs)."""
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(table).on_conflict_do_nothing()
-    if dialect in ("mysql", "mariadb"):
-        from sqlalchemy.dialects.mysql import insert as mysql_insert
-
-        return mysql_insert(table).prefix_with("IGNORE")
-    raise TransferError(f"importing into {dialect} is not supported (no insert-ignore)")
+    """INSERT that skips rows whose primary key or unique key is taken; imports need a real skip."""
+    if conn.dialect.name not in SUPPORTED:
+        raise TransferError(f"importing into {conn.dialect.name} is not supported (no insert-ignore)")
+    return insert_ignoring_conflicts(conn, table)
 
 
 async def _keep_as_backup(result: ImportResult) -> ImportResult:
