@@ -20,7 +20,6 @@ as fast as the raw loop there.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -53,14 +52,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.claims import ClaimSpec, claim_batch, db_utc_now
 from storage.engine import create_engine
 from storage.errors import explain
 from storage.types import UTCDateTime
-from storage.url import async_url
+from tests.db import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_URLS = {
@@ -277,23 +275,11 @@ def fresh_database(engine: str, directory: Path) -> Iterator[str]:
         yield f"sqlite:///{directory / f'claims-{uuid.uuid4().hex[:8]}.db'}"
         return
     admin = ADMIN_URLS[engine]
-    name = f"bench_claims_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    quoted = f'"{name}"' if engine == "postgresql" else f"`{name}`"
-    asyncio.run(_admin(admin, f"CREATE DATABASE {quoted}"))
+    url = create_database(admin)
     try:
-        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        force = " WITH (FORCE)" if engine == "postgresql" else ""
-        asyncio.run(_admin(admin, f"DROP DATABASE IF EXISTS {quoted}{force}"))
-
-
-async def _admin(admin_url: str, sql: str) -> None:
-    engine = create_async_engine(async_url(admin_url), poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.exec_driver_sql(sql)
-    finally:
-        await engine.dispose()
+        drop_database(admin, url)
 
 
 async def load(url: str, count: int) -> str:

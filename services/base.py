@@ -29,7 +29,6 @@ from services.config import ServiceConfig
 from services.coordination import Busy, Coordinator, ExpiredLease, Lease
 from services.events import (
     ConfigUpdated,
-    Event,
     EventBus,
     NextRunChanged,
     RunCancelled,
@@ -693,7 +692,7 @@ class BaseSchedulerService(ABC):
         finally:
             if not handed_over:
                 if handle.lease is not None:
-                    self.coordinator.held.pop(self.name, None)
+                    self.coordinator.forget(handle.lease)
                 self._current = None
 
     def _emit_abandoned(self, scheduled_for: datetime, reason: str, now: datetime) -> None:
@@ -832,10 +831,3 @@ class BaseSchedulerService(ABC):
             )
         except Exception as exc:
             self.log.error("could not persist service state: %s", exc)
-
-    def subscribe(self, subscriber: Any) -> Any:
-        """Shorthand for `self.events.subscribe`."""
-        return self.events.subscribe(subscriber)
-
-    def emit(self, event: Event) -> None:
-        self.events.emit(event)

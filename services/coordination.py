@@ -137,6 +137,7 @@ class Coordinator:
             )
         self.engine = engine
         self._writes = writer(engine)
+        self._states = RunStore(engine, node_id)  # reads the services' state rows each heartbeat
         self.node_id = node_id
         self.lock_ttl = lock_ttl
         self.heartbeat_interval = heartbeat_interval
@@ -355,7 +356,7 @@ class Coordinator:
         await self._renew()
         expired = await self._find_expired()
         await self._sweep_orphans()
-        states = await RunStore(self.engine, self.node_id).load_states(list(self._state))
+        states = await self._states.load_states(list(self._state))
         if not self.healthy:
             log.info("coordination: database reachable; node %s heartbeating", self.node_id)
         self.healthy = True
