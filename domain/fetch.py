@@ -1,7 +1,8 @@
 """Read a feed or transcript from an ``http(s)://`` or ``file://`` URL, with Basic auth, a timeout and a size cap.
 
 Errors say whether trying again may help (``FetchError.transient``): connection problems, timeouts, 408,
-429 and 5xx are transient; 4xx, a missing file, an oversized or empty body are permanent.
+429 and 5xx are transient; 4xx, a missing file and an oversized body are permanent. An empty body is returned
+as it is: an empty feed is valid, an empty transcript is the caller's call.
 Credentials never appear in an error message (URLs are shown without their user info).
 """
 

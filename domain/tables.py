@@ -25,9 +25,13 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects import mysql
 
 from storage.schema import metadata
 from storage.types import UTCDateTime
+
+# MariaDB's TEXT holds 64 KiB; transcripts and messages can be longer.
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; BIGINT elsewhere for tables that grow to millions of rows.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -78,8 +82,8 @@ session_imports = Table(
     Column("tokens", BigInteger, nullable=True),
     Column("tokens_eur", Double, nullable=True),
     Column("category", String(200), nullable=True),
-    Column("initial_message", Text, nullable=True),
-    Column("raw_transcript_content", Text, nullable=True),
+    Column("initial_message", LongText, nullable=True),
+    Column("raw_transcript_content", LongText, nullable=True),
     Column("line_number", Integer, nullable=True),  # where the row was in its feed, for error reports
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
@@ -120,7 +124,7 @@ sessions = Table(
     Column("country", String(3), nullable=True),
     Column("full_transcript_url", Text, nullable=True),
     Column("avg_response_time", Double, nullable=True),
-    Column("initial_msg", Text, nullable=True),
+    Column("initial_msg", LongText, nullable=True),
     Column("language", String(10), nullable=True),
     Column("messages_sent", Integer, nullable=True),
     Column("sentiment", String(16), nullable=True),  # domain.model.Sentiment
@@ -143,7 +147,7 @@ messages = Table(
     Column("position", Integer, nullable=False),  # 0-based order within the session
     Column("timestamp", UTCDateTime(), nullable=True),
     Column("role", String(50), nullable=False),  # lower case: user, assistant, system, unknown
-    Column("content", Text, nullable=False),
+    Column("content", LongText, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     UniqueConstraint("session_id", "position"),
     CheckConstraint("position >= 0", name="position_not_negative"),
