@@ -8,7 +8,11 @@ from typing import TypeVar
 from services.base import BaseSchedulerService
 
 # Modules holding the built-in services; imported on first lookup so `import services` stays light.
-BUILTIN_MODULES = ("services.retention", "services.import_processing")
+BUILTIN_MODULES = (
+    "services.retention",
+    "services.import_processing",
+    "services.session_processing",
+)
 
 _types: dict[str, type[BaseSchedulerService]] = {}
 _loaded = False
