@@ -12,6 +12,7 @@ BUILTIN_MODULES = (
     "services.retention",
     "services.import_processing",
     "services.session_processing",
+    "services.batch_processing",
 )
 
 _types: dict[str, type[BaseSchedulerService]] = {}

@@ -20,7 +20,8 @@ Batches move ``validating → in_progress → finalizing → completed`` one ste
 `finish()`. On completion every input line is answered through the same responder; the output file holds
 the 200 answers, the error file the lines faulted with `line_faults[custom_id] = "error"` (a 500 per line),
 and lines faulted ``"missing"`` appear in neither. `outcome` (or `outcomes[batch_id]`) makes a batch end
-``failed``, ``expired`` or ``cancelled`` instead. An input file whose lines name more than one model fails
+``failed``, ``expired`` (answering only `done_before_expiry`, the rest in the error file as
+``batch_expired``) or ``cancelled`` instead. An input file whose lines name more than one model fails
 validation, as the real API does. `fail(method, path, times=n, status=503)` makes the next ``n`` matching
 requests answer an HTTP error (with ``retry-after-ms: 1`` so SDK retries stay fast).
 """
@@ -222,6 +223,7 @@ class OpenAIStub:
         self.outcome: BatchEnd = "completed"  # how batches created from now on end
         self.outcomes: dict[str, BatchEnd] = {}  # per batch id, wins over `outcome`
         self.line_faults: dict[str, LineFault] = {}  # custom_id -> fault in batch results
+        self.done_before_expiry: set[str] = set()  # custom_ids an expiring batch still answers
         self.requests: list[Recorded] = []
         self.files: dict[str, StubFile] = {}
         self.batches: dict[str, StubBatch] = {}
@@ -393,13 +395,19 @@ class OpenAIStub:
             else:
                 batch.status = "in_progress"
         elif batch.status == "in_progress":
-            batch.status = "expired" if end == "expired" else "finalizing"
+            if end == "expired":
+                self._produce_results(batch, expired=True)
+                batch.status = "expired"
+            else:
+                batch.status = "finalizing"
         elif batch.status == "finalizing":
             self._produce_results(batch)
             batch.status = "completed"
         batch.times[batch.status] = now
 
-    def _produce_results(self, batch: StubBatch) -> None:
+    def _produce_results(self, batch: StubBatch, *, expired: bool = False) -> None:
+        """Answer the input lines into an output and an error file. An expired batch has answered only the
+        lines in `done_before_expiry`; the others are in the error file with code ``batch_expired``, as at OpenAI."""
         out: list[str] = []
         err: list[str] = []
         lines = self.files[batch.input_file_id].lines()
@@ -409,6 +417,10 @@ class OpenAIStub:
             if fault == "missing":
                 continue
             line_id = self._new_id("batch_req")
+            if expired and custom_id not in self.done_before_expiry:
+                error = {"code": "batch_expired", "message": "This request could not be executed before the expiry."}
+                err.append(json.dumps({"id": line_id, "custom_id": custom_id, "response": None, "error": error}))
+                continue
             reply = self.responder(line["body"]) if fault is None else HTTPFault(500, "injected line failure")
             if isinstance(reply, HTTPFault):
                 error_body = {"error": {"message": reply.message, "type": "server_error", "code": None}}
