@@ -19,10 +19,13 @@ $(STAMP_DEV): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(STAMP_RUN)
 
+DEMO_CONFIG ?= demo/scheduler.yaml
+
 run: $(STAMP_RUN)
 	mkdir -p var
-	$(BIN)/python -m manager migrate
-	$(BIN)/python -m manager
+	$(BIN)/python -m manager migrate --config $(DEMO_CONFIG)
+	$(BIN)/python -m manager companies load demo/companies.yaml --config $(DEMO_CONFIG)
+	$(BIN)/python -m manager --config $(DEMO_CONFIG)
 
 migrate: $(STAMP_RUN)
 	$(BIN)/python -m manager migrate

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from manager import app, logs
+from manager import app, companies, logs
 from manager.config import Config, ConfigError, load_config, redacted
 from services.registry import UnknownService, service_types
 from services.runs import RunStatus
@@ -134,6 +134,7 @@ def manager_main(argv: Sequence[str] | None = None) -> int:
     export = sub.add_parser("export-state", help="write every service's state and run history to a JSON file")
     export.add_argument("--to", dest="target", required=True, type=Path, metavar="FILE")
     _common(export)
+    companies.add_parser(sub, _common)
     args = parser.parse_args(argv)
     if args.command == "migrate":
         return run_migrate(args)
@@ -141,6 +142,12 @@ def manager_main(argv: Sequence[str] | None = None) -> int:
         return run_migrate_storage(args)
     if args.command == "export-state":
         return run_export_state(args)
+    if args.command == "companies":
+        try:
+            config = _load(args)
+        except ConfigError as exc:
+            return _fail(str(exc), EXIT_CONFIG)
+        return companies.run(args, config)
     return run_platform(args)
 
 

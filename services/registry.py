@@ -10,6 +10,7 @@ from services.base import BaseSchedulerService
 # Modules holding the built-in services; imported on first lookup so `import services` stays light.
 BUILTIN_MODULES = (
     "services.retention",
+    "services.csv_import",
     "services.import_processing",
     "services.session_processing",
     "services.batch_processing",
