@@ -393,3 +393,20 @@ async def test_the_demo_feeds_import_with_three_documented_rejections(engine: As
             select(func.count()).select_from(session_imports).where(session_imports.c.full_transcript_url.is_(None))
         )
     assert no_transcript == 9
+
+
+async def test_uneven_batches_land_every_row_once(engine: AsyncEngine, tmp_path: Path) -> None:
+    path = tmp_path / "feed.csv"
+    path.write_bytes(feed(*(row(f"u-{n:03d}", tokens=str(n)) for n in range(23))))
+    company = await insert_company(engine, "uneven", csv_url=path.as_uri())
+    settings = ImportSettings(rows_per_statement=10)  # 10 + 10 + (2 + 1): the remainder goes as powers of two
+    (first,) = (await import_all(engine, settings, now=lambda: NOW)).results
+    assert (first.fetched, first.inserted, first.skipped) == (23, 23, 0)
+    stored = await imports(engine, company)
+    assert {k: (v["tokens"], v["line_number"]) for k, v in stored.items()} == {
+        f"u-{n:03d}": (n, n + 1) for n in range(23)
+    }
+    assert len({v["id"] for v in stored.values()}) == 23
+    update_mode = ImportSettings(rows_per_statement=10, duplicate_mode=DuplicateMode.UPDATE)
+    (second,) = (await import_all(engine, update_mode, now=lambda: NOW)).results
+    assert (second.inserted, second.updated, second.skipped) == (0, 23, 0)

@@ -208,7 +208,7 @@ ids = st.text(alphabet="abcdef0123456789-", min_size=1, max_size=36)
 times = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1)).map(
     lambda d: d.strftime("%d.%m.%Y %H:%M:%S")
 )
-free_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
+free_text = st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=30)
 counts = st.one_of(st.none(), st.integers(min_value=0, max_value=10**6))
 amounts = st.one_of(st.none(), st.sampled_from([0.0, 0.5, 1.25, 3.0, 1234.5]))
 
@@ -239,7 +239,7 @@ def good_rows(draw: st.DrawFn) -> list[str]:
 
 
 # Junk lines cannot open a quoted field (no '"'), so they never swallow the good rows after them.
-junk = st.text(alphabet=st.characters(blacklist_characters='"\r\n\x1c\x1d\x1e\x85\u2028\u2029'), max_size=80)
+junk = st.text(alphabet=st.characters(exclude_characters='"\r\n\x1c\x1d\x1e\x85\u2028\u2029'), max_size=80)
 
 
 @settings(max_examples=300, deadline=None)
