@@ -288,4 +288,5 @@ ai_model_pricing = Table(
     Column("effective_until", UTCDateTime(), nullable=True),
     UniqueConstraint("model", "effective_from"),
     CheckConstraint("prompt_usd_per_million >= 0 AND completion_usd_per_million >= 0", name="prices_not_negative"),
+    info={"seeded_by_migration": True},  # storage.transfer replaces these rows instead of refusing the target
 )

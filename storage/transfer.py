@@ -264,7 +264,8 @@ async def _copy(
                 existing = await _counts(conn, tables)
         except Exception as exc:
             raise TransferError(f"cannot read the target: {errors.explain(exc, target_url)}") from exc
-        occupied = {name: count for name, count in existing.items() if count}
+        reference = {table.name for table in tables if table.info.get("seeded_by_migration")}
+        occupied = {name: count for name, count in existing.items() if count and name not in reference}
         if occupied and not overwrite:
             listed = ", ".join(f"{name} ({count} rows)" for name, count in occupied.items())
             raise TransferError(
@@ -276,6 +277,12 @@ async def _copy(
                 for table in reversed(tables):  # children before parents
                     await conn.execute(delete(table))
             log.warning("overwrite: deleted the target's rows first: %s", occupied)
+        else:
+            # Rows the migrations seeded (e.g. model prices) are replaced by the source's own copy of them.
+            async with writer.begin() as conn:
+                for table in reversed(tables):
+                    if table.name in reference:
+                        await conn.execute(delete(table))
         for table in tables:
             copied[table.name] = await _copy_table(src, writer, table, batch_size, progress)
 

@@ -3,15 +3,10 @@ rejected lines, failing companies, the concurrency bound, the service, and the b
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +23,7 @@ from services.clock import FakeClock
 from services.csv_import import CsvImportConfig, CsvImportService
 from services.runs import RunStatus, RunStore
 from tests.pipeline.conftest import insert_company
+from tests.support.feed_server import FeedServer
 
 pytestmark = pytest.mark.anyio
 
@@ -68,69 +64,11 @@ def feed(*rows: list[str], extra: str = "") -> bytes:
 # ------------------------------------------------------------------------------------------------ loopback server
 
 
-@dataclass
-class Server:
-    """Serves ``files`` (path -> body); every path needs Basic auth USER:PASSWORD. Records what it saw."""
-
-    files: dict[str, bytes] = field(default_factory=dict)
-    delay: float = 0.0
-    failing: set[str] = field(default_factory=set)  # paths that answer 500
-    requests: list[tuple[str, str | None]] = field(default_factory=list)
-    in_flight: int = 0
-    max_in_flight: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    port: int = 0
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-
 @pytest.fixture
-def server() -> Iterator[Server]:
-    state = Server()
-    expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            auth = self.headers.get("Authorization")
-            with state.lock:
-                state.requests.append((self.path, auth))
-                state.in_flight += 1
-                state.max_in_flight = max(state.max_in_flight, state.in_flight)
-            try:
-                if state.delay:
-                    time.sleep(state.delay)  # server side: makes overlapping requests observable
-                body = state.files.get(self.path)
-                if auth != expected:
-                    self.send_response(401)
-                    self.send_header("WWW-Authenticate", 'Basic realm="feeds"')
-                    body = b"no"
-                elif self.path in state.failing:
-                    self.send_response(500)
-                    body = b"boom"
-                elif body is None:
-                    self.send_response(404)
-                    body = b"missing"
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-            finally:
-                with state.lock:
-                    state.in_flight -= 1
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    state.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+def server() -> Iterator[FeedServer]:
+    """Serves ``files`` (path -> body); every path needs Basic auth USER:PASSWORD. Records what it saw."""
+    with FeedServer(username=USER, password=PASSWORD) as state:
+        yield state
 
 
 @pytest.fixture(autouse=True)
@@ -159,7 +97,7 @@ async def rejections(engine: AsyncEngine, company_id: str) -> list[dict[str, Any
 
 
 async def test_http_feed_with_basic_auth_and_failing_companies_do_not_stop_the_others(
-    engine: AsyncEngine, server: Server, tmp_path: Path
+    engine: AsyncEngine, server: FeedServer, tmp_path: Path
 ) -> None:
     server.files["/acme.csv"] = feed(row("a-1"), row("a-2"))
     server.files["/wrong.csv"] = feed(row("w-1"))
@@ -291,7 +229,9 @@ async def test_duplicate_modes_skip_and_update(engine: AsyncEngine, tmp_path: Pa
     assert stored["d-3"]["line_number"] == 4
 
 
-async def test_concurrency_is_bounded_and_pages_cover_only_active_companies(sqlite_url: str, server: Server) -> None:
+async def test_concurrency_is_bounded_and_pages_cover_only_active_companies(
+    sqlite_url: str, server: FeedServer
+) -> None:
     from storage.engine import create_engine
     from storage.migrate import upgrade
 

@@ -6,7 +6,7 @@
         assert server.max_in_flight <= 5
 
 Every path needs the Basic credentials (401 otherwise). ``flaky`` paths answer 500 that many times before
-they succeed, ``failing`` ones always 503; ``delay`` makes every answer take that long on the server side
+they succeed, ``failing`` ones always answer 500; ``delay`` makes every answer take that long on the server side
 (so overlapping requests become observable — the tests themselves never sleep).
 """
 
@@ -98,7 +98,7 @@ def _handler(state: FeedServer) -> type[BaseHTTPRequestHandler]:
             if auth != expected:
                 return self._send(401, b"unauthorized", {"WWW-Authenticate": 'Basic realm="feeds"'})
             if self.path in state.failing:
-                return self._send(503, b"down")
+                return self._send(500, b"boom")
             with state.lock:
                 remaining = state.flaky.get(self.path, 0)
                 if remaining:
