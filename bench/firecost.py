@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import tempfile
 import time
 from collections import Counter
@@ -179,8 +180,11 @@ async def measure(url: str, directory: Path, services: int, seconds: float) -> d
         phases.wake.clear()
         phases.claim.clear()
         phases.batches.clear()
+        cpu = resource.getrusage(resource.RUSAGE_SELF)
         await anyio.sleep(seconds)
         fires = len(LagProbe.samples) - first
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_seconds = used.ru_utime - cpu.ru_utime + used.ru_stime - cpu.ru_stime
         counted = (dict(phases.statements), dict(phases.transactions), dict(phases.kinds))
         platform_.manager.request_shutdown()
         await platform_.manager.stopped.wait()
@@ -201,6 +205,7 @@ async def measure(url: str, directory: Path, services: int, seconds: float) -> d
     return {
         "engine": dialect, "services": services, "seconds": seconds, "fires": fires,
         "per_fire": per_fire,
+        "cpu_ms_per_fire": round(cpu_seconds * 1000 / fires, 3),  # this process (user + system), all phases
         "statement_kinds_per_fire": {k: round(v / fires, 3) for k, v in sorted(kinds.items())},
         "lag": summarize(lags) if lags else {},
         "lag_wake_to_claim": summarize(phases.wake) if phases.wake else {},
