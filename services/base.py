@@ -512,45 +512,35 @@ class BaseSchedulerService(ABC):
         self._tg.start_soon(self._execute, handle)
 
     async def _claim_new(self, scheduled_for: datetime, trigger: Trigger) -> _RunHandle:
-        """Reserve the service's single run slot and claim the fire time's first attempt."""
+        """Reserve the service's single run slot and claim the fire time's first attempt (and the lease).
+
+        With a coordinator, the claim and the lease are one transaction shared by every fire claimed in the
+        same event-loop turn: the run starts after a single trip to the database.
+        """
         if self._current is not None:
             raise RunInProgress(self.name, self._current.run_id)
         handle = _RunHandle(scheduled_for=scheduled_for, trigger=trigger)
         self._current = handle
         try:
-            handle.run_id = await self.store.claim(
-                self.name, scheduled_for, attempt=1, trigger=trigger, started_at=self.clock.now()
-            )
+            if self.coordinator is None:
+                handle.run_id = await self.store.claim(
+                    self.name, scheduled_for, attempt=1, trigger=trigger, started_at=self.clock.now()
+                )
+                lease: Lease | Busy | None = None
+            else:
+                row = self.store.claim_row(self.name, scheduled_for, attempt=1, trigger=trigger,
+                                           started_at=self.clock.now())
+                handle.run_id, lease = await self.coordinator.claim(row)
         finally:
             if handle.run_id is None:
                 self._current = None
-        if handle.run_id is None:
-            raise RunInProgress(self.name, None)
-        if self.coordinator is not None:
-            try:
-                await self._acquire_lease(handle)
-            except BaseException:
-                self._current = None
-                raise
-        return handle
-
-    async def _acquire_lease(self, handle: _RunHandle) -> None:
-        """Hold the service's lease for the claimed run, or close the claim as skipped when it is busy."""
-        assert self.coordinator is not None and handle.run_id is not None
-        now = self.clock.now()
-        try:
-            lease = await self.coordinator.acquire(self.name, handle.run_id)
-        except Exception:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_TIMEOUT):
-                await self._quietly(self.store.resolve(handle.run_id, RunStatus.SKIPPED,
-                                                       "could not acquire the lease (database error)", at=now))
-            raise
         if isinstance(lease, Busy):
             where = f" on {lease.holder}" if lease.holder else ""
-            reason = f"previous run {lease.run_id}{where} still in progress"
-            await self.store.resolve(handle.run_id, RunStatus.SKIPPED, reason, at=now)
             raise LeaseBusy(self.name, lease.run_id, where)
+        if handle.run_id is None:
+            raise RunInProgress(self.name, None)
         handle.lease = lease
+        return handle
 
     async def _quietly(self, work: Any) -> None:
         try:

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.batching import TurnBatcher
 from storage.engine import writer
@@ -109,6 +109,11 @@ _FINISH = (
 _FINISH_FENCED = _FINISH.where(
     exists().where(leases.c.scheduler == bindparam("p_scheduler"), leases.c.fencing_token == bindparam("p_token"))
 ).values(fencing_token=bindparam("p_token"))
+_SKIP = (
+    update(runs)
+    .where(runs.c.id == bindparam("p_run_id"), runs.c.status == RunStatus.RUNNING.value)
+    .values(status=RunStatus.SKIPPED.value, finished_at=bindparam("p_at"), error=bindparam("p_error"))
+)
 _RELEASE = (
     update(leases)
     .where(leases.c.scheduler == bindparam("p_scheduler"), leases.c.fencing_token == bindparam("p_token"),
@@ -116,6 +121,74 @@ _RELEASE = (
     .values(holder=None, run_id=None, expires_at=None)
 )
 
+
+async def insert_claims(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """Insert claim rows in one statement, skipping conflicts; return the ids inserted (the claims won).
+
+    Rows go in key order: replicas inserting overlapping batches then take the unique index's locks in
+    the same order and cannot deadlock (MariaDB reported deadlocks with rows in submission order).
+    """
+    ordered = sorted(rows, key=lambda row: (row["scheduler"], row["scheduled_for"], row["attempt"]))
+    stmt = insert_ignoring_conflicts(conn, runs)
+    if conn.dialect.name in ("postgresql", "sqlite"):
+        # executemany with RETURNING: SQLAlchemy's "insertmanyvalues" sends one multi-row INSERT. Asking for
+        # rows back in parameter order would make it fall back to one statement per row (no sentinel column),
+        # and the ids say which rows landed anyway.
+        result = await conn.execute(stmt.returning(runs.c.id), ordered)
+        return set(result.scalars())
+    await conn.execute(stmt, ordered)
+    ids = [row["id"] for row in ordered]
+    return set((await conn.execute(select(runs.c.id).where(runs.c.id.in_(ids)))).scalars())
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """One run's outcome write (`RunStore.finish`), its fence and whether the lease goes back with it."""
+
+    params: dict[str, Any]
+    fence: tuple[str, int] | None
+    release_lease: bool
+
+
+async def write_outcomes(conn: AsyncConnection, outcomes: Sequence[_Outcome], node: str) -> list[bool]:
+    """Write the outcomes in one transaction; True for each that was recorded.
+
+    Leases go back first, in service order (the global order acquisitions and renewals lock lease rows in,
+    so replicas cannot deadlock), and before the fenced updates read those rows: the other order takes a
+    read lock, then upgrades it, and MariaDB deadlocks that upgrade against an acquisition queued on the
+    row. A release keeps the token, so the fence still holds for the outcome written after it. Several
+    outcomes go as one executemany per statement (asyncpg pipelines it), then one read says which landed.
+    """
+    releases = sorted({o.fence for o in outcomes if o.fence is not None and o.release_lease})
+    if releases:
+        await conn.execute(_RELEASE, [{"p_scheduler": name, "p_token": token, "p_holder": node}
+                                      for name, token in releases])
+    if len(outcomes) == 1:
+        only = outcomes[0]
+        if only.fence is None:
+            result = await conn.execute(_FINISH, only.params)
+        else:
+            name, token = only.fence
+            result = await conn.execute(_FINISH_FENCED, {**only.params, "p_scheduler": name, "p_token": token})
+        return [bool(result.rowcount)]
+    fenced = sorted((o for o in outcomes if o.fence is not None), key=lambda o: o.fence or ("", 0))
+    plain = [o for o in outcomes if o.fence is None]
+    if fenced:
+        await conn.execute(_FINISH_FENCED, [{**o.params, "p_scheduler": o.fence[0], "p_token": o.fence[1]}
+                                            for o in fenced if o.fence is not None])
+    if plain:
+        await conn.execute(_FINISH, [o.params for o in plain])
+    ids = [o.params["p_run_id"] for o in outcomes]
+    rows = {r.id: r for r in await conn.execute(
+        select(runs.c.id, runs.c.status, runs.c.finished_at, runs.c.fencing_token).where(runs.c.id.in_(ids)))}
+    recorded: list[bool] = []
+    for o in outcomes:
+        row = rows.get(o.params["p_run_id"])
+        recorded.append(
+            row is not None and row.status == o.params["p_status"] and row.finished_at == o.params["p_finished_at"]
+            and (o.fence is None or row.fencing_token == o.fence[1])
+        )
+    return recorded
 
 class RunStore:
     """All database access of the scheduling core. Every method is one short transaction."""
@@ -125,21 +198,15 @@ class RunStore:
         self._writes = writer(engine)
         self.node = node
         self._claims: TurnBatcher[dict[str, Any], bool] = TurnBatcher(self._claim_rows)
+        self._finishes: TurnBatcher[_Outcome, bool] = TurnBatcher(self._finish_many)
         self.claim_statements = 0  # how many insert round trips claims took (benchmarks, tests)
 
-    async def claim(
-        self,
-        scheduler: str,
-        scheduled_for: datetime,
-        *,
-        attempt: int,
-        trigger: Trigger,
-        started_at: datetime,
-    ) -> str | None:
-        """Insert the running row for (scheduler, scheduled_for, attempt); None when another node has it."""
-        run_id = new_run_id()
-        row = {
-            "id": run_id,
+    def claim_row(
+        self, scheduler: str, scheduled_for: datetime, *, attempt: int, trigger: Trigger, started_at: datetime
+    ) -> dict[str, Any]:
+        """The `running` row whose insert claims (scheduler, scheduled_for, attempt) for this node."""
+        return {
+            "id": new_run_id(),
             "scheduler": scheduler,
             "scheduled_for": scheduled_for,
             "attempt": attempt,
@@ -150,26 +217,31 @@ class RunStore:
             "lag_seconds": max(0.0, (started_at - scheduled_for).total_seconds()),
             "items_processed": 0,
         }
+
+    async def claim(
+        self,
+        scheduler: str,
+        scheduled_for: datetime,
+        *,
+        attempt: int,
+        trigger: Trigger,
+        started_at: datetime,
+    ) -> str | None:
+        """Insert the running row for (scheduler, scheduled_for, attempt); None when another node has it.
+
+        The claim alone, for retries and callers without a lease; a scheduled fire claims and takes its
+        lease in one transaction (`Coordinator.claim`).
+        """
+        row = self.claim_row(scheduler, scheduled_for, attempt=attempt, trigger=trigger, started_at=started_at)
         # Claims made in the same event-loop turn share one multi-row insert: a hundred services due
         # together cost one round trip, not a hundred.
-        return run_id if await self._claims.submit(row) else None
+        return row["id"] if await self._claims.submit(row) else None
 
     async def _claim_rows(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
-        won = await self._insert_many(list(rows))
-        return [row["id"] in won for row in rows]
-
-    async def _insert_many(self, rows: list[dict[str, Any]]) -> set[str]:
-        """Insert the rows, skipping conflicts; return the ids that were inserted (the claims won)."""
         self.claim_statements += 1
         async with self._writes.begin() as conn:
-            stmt = insert_ignoring_conflicts(conn, runs)
-            # executemany form: SQLAlchemy's cached "insertmanyvalues" batching, not a new statement per size.
-            if conn.dialect.name in ("postgresql", "sqlite"):
-                result = await conn.execute(stmt.returning(runs.c.id, sort_by_parameter_order=True), rows)
-                return set(result.scalars())
-            await conn.execute(stmt, rows)
-            ids = [row["id"] for row in rows]
-            return set((await conn.execute(select(runs.c.id).where(runs.c.id.in_(ids)))).scalars())
+            won = await insert_claims(conn, rows)
+        return [row["id"] in won for row in rows]
 
     async def record(
         self, scheduler: str, scheduled_for: datetime, status: RunStatus, reason: str, *, at: datetime
@@ -221,15 +293,12 @@ class RunStore:
             "p_run_id": run_id, "p_status": status.value, "p_finished_at": finished_at, "p_duration": duration,
             "p_items": items, "p_error": error[:4000] if error else None,
         }
+        # Outcomes written in the same event-loop turn (runs that ended together) share one transaction.
+        return await self._finishes.submit(_Outcome(params, fence, release_lease))
+
+    async def _finish_many(self, outcomes: Sequence[_Outcome]) -> list[bool]:
         async with self._writes.begin() as conn:
-            if fence is None:
-                result = await conn.execute(_FINISH, params)
-                return bool(result.rowcount)
-            scheduler, token = fence
-            result = await conn.execute(_FINISH_FENCED, {**params, "p_scheduler": scheduler, "p_token": token})
-            if release_lease:
-                await conn.execute(_RELEASE, {"p_scheduler": scheduler, "p_token": token, "p_holder": self.node})
-            return bool(result.rowcount)
+            return await write_outcomes(conn, outcomes, self.node)
 
     async def resolve(self, run_id: str, status: RunStatus, reason: str, *, at: datetime) -> bool:
         """Close a `running` row that never really ran (lease busy) or whose node died (abandoned)."""

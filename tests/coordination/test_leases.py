@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.base import BaseSchedulerService, LeaseBusy, RunContext
@@ -18,7 +18,7 @@ from services.runs import RunStatus, RunStore, Trigger
 from services.status import ServiceStatus
 from storage.engine import create_engine
 from storage.migrate import upgrade
-from storage.schema import nodes
+from storage.schema import leases, nodes
 from tests.support.wait import until
 
 pytestmark = pytest.mark.anyio
@@ -285,3 +285,122 @@ async def test_heartbeat_abandons_running_rows_no_lease_covers(engine: AsyncEngi
     await node.beat()
     statuses = {r.id: r.status for r in (await store.list_runs("job", limit=10, offset=0))[0]}
     assert statuses == {orphan: "abandoned", recent: "running", covered: "running"}
+
+
+def _counting(engine: AsyncEngine) -> dict[str, int]:
+    """Count statements (not SQLite's explicit BEGIN) and commits on the engine from now on."""
+    counts = {"statements": 0, "transactions": 0}
+
+    def statement(conn: Any, cursor: Any, text: str, *_: Any) -> None:
+        counts["statements"] += not text.startswith("BEGIN")
+
+    def commit(conn: Any) -> None:
+        counts["transactions"] += 1
+
+    event.listen(engine.sync_engine, "before_cursor_execute", statement)
+    event.listen(engine.sync_engine, "commit", commit)
+    return counts
+
+
+async def test_fires_due_together_claim_and_lease_in_one_transaction(engine: AsyncEngine) -> None:
+    when = datetime(2030, 1, 1, tzinfo=UTC)
+    a, b = coordinator(engine, "a"), coordinator(engine, "b")
+    mine, theirs = RunStore(engine, "a"), RunStore(engine, "b")
+    names = [f"svc-{i:02d}" for i in range(40)]
+    await a.prepare(names)
+    assert await theirs.claim("svc-07", when, attempt=1, trigger=Trigger.SCHEDULE, started_at=when)  # b has it
+    held = await b.acquire("svc-03", "theirs")  # b's run of svc-03 is still going
+    assert isinstance(held, Lease)
+    counts = _counting(engine)
+    results: dict[str, tuple[str | None, Lease | Busy | None]] = {}
+
+    async def fire(name: str) -> None:
+        row = mine.claim_row(name, when, attempt=1, trigger=Trigger.SCHEDULE, started_at=when)
+        results[name] = await a.claim(row)
+
+    async with anyio.create_task_group() as tg:
+        for name in names:
+            tg.start_soon(fire, name)
+    assert counts["transactions"] == 1, counts  # insert the claims, lock, take the leases, skip svc-03: one commit
+    assert counts["statements"] <= 6, counts
+    assert results["svc-07"] == (None, None)  # claimed by the other node: nothing here
+    run_id, busy = results["svc-03"]
+    assert run_id is None and busy == Busy("b", "theirs")
+    won = {name: got for name, got in results.items() if name not in ("svc-03", "svc-07")}
+    assert all(isinstance(lease, Lease) and lease.run_id == rid and lease.token == 1 for rid, lease in won.values())
+    skipped = (await mine.list_runs("svc-03", limit=5, offset=0))[0]
+    assert [(r.status, r.error) for r in skipped] == [("skipped", "previous run theirs on b still in progress")]
+    running = (await mine.list_runs("svc-00", limit=5, offset=0))[0]
+    assert [(r.status, r.node, r.id) for r in running] == [("running", "a", won["svc-00"][0])]
+
+
+async def test_replicas_claiming_the_same_fires_together_run_each_once(engine: AsyncEngine) -> None:
+    names = [f"svc-{i:02d}" for i in range(20)]
+    nodes_ = {n: (coordinator(engine, n), RunStore(engine, n)) for n in ("a", "b", "c")}
+    await nodes_["a"][0].prepare(names)
+    base = datetime(2030, 1, 1, tzinfo=UTC)
+    for second in range(3):
+        when = base + timedelta(seconds=second)
+        outcome: dict[tuple[str, str], tuple[str | None, Lease | Busy | None]] = {}
+
+        async def fire(node: str, name: str, when: datetime = when,
+                       outcome: dict[tuple[str, str], tuple[str | None, Lease | Busy | None]] = outcome) -> None:
+            coord, store = nodes_[node]
+            row = store.claim_row(name, when, attempt=1, trigger=Trigger.SCHEDULE, started_at=when)
+            outcome[node, name] = await coord.claim(row)
+
+        async with anyio.create_task_group() as tg:
+            for node in nodes_:
+                for name in names:
+                    tg.start_soon(fire, node, name)
+        for name in names:
+            winners = [(node, got) for (node, n), got in outcome.items() if n == name and got[0] is not None]
+            assert len(winners) == 1, (name, outcome)
+            node, (run_id, lease) = winners[0]
+            assert isinstance(lease, Lease) and lease.token == second + 1
+            losers = [got for (other, n), got in outcome.items() if n == name and other != node]
+            assert losers == [(None, None), (None, None)]
+            coord, store = nodes_[node]
+            assert run_id is not None
+            assert await store.finish(run_id, RunStatus.SUCCEEDED, finished_at=when, duration=0.0,
+                                      fence=(name, lease.token), release_lease=True)
+            coord.forget(lease)
+
+
+async def test_outcomes_written_together_share_one_transaction(engine: AsyncEngine) -> None:
+    when = datetime(2030, 1, 1, tzinfo=UTC)
+    a, b = coordinator(engine, "a", ttl=1.5), coordinator(engine, "b", ttl=1.5)
+    store = RunStore(engine, "a")
+    names = [f"svc-{i:02d}" for i in range(10)]
+    await a.prepare(names)
+    claimed: dict[str, tuple[str, Lease]] = {}
+    for name in names:
+        row = store.claim_row(name, when, attempt=1, trigger=Trigger.SCHEDULE, started_at=when)
+        run_id, lease = await a.claim(row)
+        assert run_id is not None and isinstance(lease, Lease)
+        claimed[name] = (run_id, lease)
+    stale_run = claimed["svc-04"][0]
+
+    async def b_takes_over() -> Lease | None:
+        got = await b.acquire("svc-04", None)
+        return got if isinstance(got, Lease) else None
+
+    await until(b_takes_over, timeout=10, interval=0.05, what="the lease of svc-04 to expire")
+    counts = _counting(engine)
+    recorded: dict[str, bool] = {}
+
+    async def finish(name: str) -> None:
+        run_id, lease = claimed[name]
+        recorded[name] = await store.finish(run_id, RunStatus.SUCCEEDED, finished_at=when, duration=0.1,
+                                            fence=(name, lease.token), release_lease=True)
+
+    async with anyio.create_task_group() as tg:
+        for name in names:
+            tg.start_soon(finish, name)
+    assert counts["transactions"] == 1, counts
+    assert counts["statements"] <= 3 * 2 + 1, counts  # executemany may count per row on some drivers
+    assert recorded == {name: name != "svc-04" for name in names}  # the superseded holder is fenced out
+    async with engine.connect() as conn:
+        rows = {r.scheduler: r.holder for r in await conn.execute(select(leases.c.scheduler, leases.c.holder))}
+    assert rows == {name: ("b" if name == "svc-04" else None) for name in names}  # released, except b's
+    assert stale_run and (await store.get_run(stale_run)).status == "running"  # type: ignore[union-attr]
