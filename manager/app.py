@@ -83,11 +83,12 @@ async def serve(platform: Platform, *, host: str, port: int) -> int:
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals, manager, tg.cancel_scope)
-            server = await tg.start(serve_http, create_app(platform.admin), sock)
+            ttl = platform.config.platform.scheduler_lock_ttl.total_seconds()
+            server = await tg.start(serve_http, create_app(platform.admin, node_ttl=ttl), sock)
             # The coordinator starts first (the clock is aligned before anything fires) and stops last:
             # leases are renewed until every in-flight run has finished or been cancelled.
             await tg.start(platform.coordinator.run)
-            log.info("admin HTTP on http://%s:%d (health: /api/admin/schedulers/health)", host,
+            log.info("admin HTTP on http://%s:%d (dashboard: /, health: /api/admin/schedulers/health)", host,
                      sock.getsockname()[1])
             if platform.admin.admin_token is None:
                 log.warning("admin actions (trigger, pause, ...) are disabled: set SCHEDULER_ADMIN_TOKEN to enable")

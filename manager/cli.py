@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,7 +136,18 @@ def manager_main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("--to", dest="target", required=True, type=Path, metavar="FILE")
     _common(export)
     companies.add_parser(sub, _common)
+    _status_options(sub.add_parser("status", help="every service, its state and next runs, from the database"))
+    restore = sub.add_parser("restore", help="replace the SQLite database with a database-backup file")
+    restore.add_argument("file", type=Path, metavar="FILE", help="a backup written by database-backup (.sqlite3)")
+    restore.add_argument("--force", action="store_true", help="restore even while nodes are heartbeating")
+    restore.add_argument("--no-safety-copy", action="store_true",
+                         help="do not keep the current database as <db>.before-restore-<time>")
+    _common(restore)
     args = parser.parse_args(argv)
+    if args.command == "status":
+        return run_status(args)
+    if args.command == "restore":
+        return run_restore(args)
     if args.command == "migrate":
         return run_migrate(args)
     if args.command == "migrate-storage":
@@ -192,13 +204,18 @@ def run_export_state(args: argparse.Namespace) -> int:
 
 def runner_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runner", description="Run one scheduler service.")
-    parser.add_argument("-s", "--scheduler", help="the service instance to run, e.g. run-history-retention")
+    parser.add_argument("-s", "--scheduler", default=os.environ.get("SCHEDULER_NAME") or None,
+                        help="the service instance to run, e.g. csv-import (default: $SCHEDULER_NAME)")
     parser.add_argument("-l", "--list", action="store_true", help="list the registered services and exit")
     parser.add_argument("--once", action="store_true", help="run once now; exit 0 on success, 1 on failure")
     parser.add_argument("--check-config", action="store_true",
                         help="validate and print the effective config (secrets redacted)")
+    parser.add_argument("--status", action="store_true", help="print the fleet's status (as `manager status`)")
+    _status_options(parser, flags_only=True)
     _common(parser)
     args = parser.parse_args(argv)
+    if args.status:
+        return run_status(args)
     if args.list:
         try:
             config = load_config(args.config)
@@ -212,7 +229,8 @@ def runner_main(argv: Sequence[str] | None = None) -> int:
                     print(f"{spec.name:28} instance of {spec.type_name}")
         return EXIT_OK
     if not args.scheduler:
-        return _fail(f"--scheduler is required; valid names: {', '.join(service_types())}", EXIT_CONFIG)
+        return _fail(f"--scheduler (or SCHEDULER_NAME) is required; valid names: {', '.join(service_types())}",
+                     EXIT_CONFIG)
     if args.check_config:
         try:
             config = load_config(args.config)
@@ -251,3 +269,88 @@ def run_once(args: argparse.Namespace) -> int:
         return EXIT_OK if outcome is RunStatus.SUCCEEDED else EXIT_FAILED
 
     return anyio.run(once)
+
+
+# ---------------------------------------------------------------------------------------- operator tools
+
+
+def _status_options(parser: argparse.ArgumentParser, *, flags_only: bool = False) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--detailed", action="store_true", help="add nodes, heartbeats and the last failed runs")
+    if not flags_only:
+        _common(parser)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Exit 0 when every service is healthy, 1 when one is not (or the database is unusable), 2 on bad config."""
+    from manager import status
+
+    try:
+        config = load_config(args.config)
+        engine = config.storage.create_engine()
+    except (ConfigError, StorageConfigError) as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+
+    async def read() -> status.FleetStatus | str:
+        try:
+            problem = await _check_schema(engine, config.storage)
+            if problem:
+                return problem
+            snapshot = await status.read_snapshot(engine, services=[spec.name for spec in config.services])
+        except Exception as exc:
+            return config.storage.explain(exc)
+        finally:
+            await engine.dispose()
+        ttl = config.platform.scheduler_lock_ttl.total_seconds()
+        return status.build_status(config.services, snapshot, node_ttl=ttl)
+
+    fleet = anyio.run(read)
+    if isinstance(fleet, str):
+        return _fail(fleet, EXIT_FAILED)
+    if args.json:
+        print(json.dumps(fleet.to_json(), indent=2))
+    else:
+        sys.stdout.write(status.render_text(fleet, detailed=args.detailed, colour=status.use_colour(sys.stdout)))
+    return EXIT_OK if fleet.healthy else EXIT_FAILED
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    """Restore a SQLite backup over the configured database (see storage.backup.restore_sqlite)."""
+    from manager import status
+    from storage.backup import BackupError, restore_sqlite
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    from sqlalchemy.engine import make_url
+
+    url = make_url(config.storage.url())
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return _fail("restore handles SQLite databases; restore PostgreSQL with pg_restore and MariaDB with the "
+                     "mariadb client (see the README)", EXIT_CONFIG)
+    target = Path(url.database)
+    if target.exists() and not args.force:
+        engine = config.storage.create_engine()
+
+        async def live_nodes() -> list[str]:
+            try:
+                snapshot = await status.read_snapshot(engine, failed_runs=0)
+            except Exception:
+                return []  # not a scheduler database (yet): nothing can be running against it
+            finally:
+                await engine.dispose()
+            ttl = config.platform.scheduler_lock_ttl.total_seconds()
+            return [n.node_id for n in status.build_status([], snapshot, node_ttl=ttl).nodes if n.state == "alive"]
+
+        alive = anyio.run(live_nodes)
+        if alive:
+            return _fail(f"nodes {', '.join(alive)} are running against {target}: stop them first "
+                         "(or pass --force)", EXIT_FAILED)
+    try:
+        previous = restore_sqlite(args.file, target, keep_previous=not args.no_safety_copy)
+    except BackupError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    kept = f"; the previous database was saved as {previous}" if previous else ""
+    print(f"restored {args.file} into {target}{kept}")
+    return EXIT_OK

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from manager import dashboard
 from manager.manager import SchedulerManager
 from manager.metrics import SchedulerMetrics
 from manager.openapi import OPENAPI
@@ -269,7 +270,8 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error(500, "internal error; see the server log")
 
 
-def create_app(admin: AdminApp) -> Starlette:
+def create_app(admin: AdminApp, *, node_ttl: float = 60.0) -> Starlette:
+    """The whole HTTP app; `node_ttl` (the lease TTL) is how stale a node's heartbeat may be on the dashboard."""
     routes = [
         Route("/livez", admin.livez, methods=["GET", "HEAD"]),
         Route("/readyz", admin.readyz, methods=["GET", "HEAD"]),
@@ -282,6 +284,7 @@ def create_app(admin: AdminApp) -> Starlette:
         Route("/api/admin/schedulers/{name}", admin.update, methods=["PATCH"]),
         Route("/api/admin/schedulers/{name}/runs", admin.list_runs, methods=["GET"]),
         Route("/api/admin/schedulers/{name}/runs/{run_id}", admin.get_run, methods=["GET"]),
+        *dashboard.routes(admin.manager, admin.store, node_ttl=node_ttl),
     ]
     return Starlette(
         routes=routes,

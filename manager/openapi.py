@@ -87,5 +87,20 @@ OPENAPI: dict[str, Any] = {
                                                                   "schema": {"type": "string"}}],
                     "responses": {"200": _JSON_OK, "404": _ERROR}},
         },
+        "/api/admin/fleet": {
+            "get": {"summary": "Every service, node and lease holder as stored in the database (the status command's "
+                               "model)", "responses": {"200": _JSON_OK, "503": _ERROR}},
+        },
+        "/api/admin/runs": {
+            "get": {
+                "summary": "Run history of the whole fleet, newest first",
+                "parameters": [{"name": "scheduler", "in": "query", "schema": {"type": "string"}},
+                               {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                           "maximum": 500, "default": 50}},
+                               {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                                            "default": 0}}],
+                "responses": {"200": _JSON_OK, "400": _ERROR},
+            },
+        },
     },
 }

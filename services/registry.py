@@ -14,6 +14,7 @@ BUILTIN_MODULES = (
     "services.import_processing",
     "services.session_processing",
     "services.batch_processing",
+    "services.backup",
 )
 
 _types: dict[str, type[BaseSchedulerService]] = {}
