@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -23,6 +22,7 @@ from starlette.staticfiles import StaticFiles
 from manager import status
 from manager.config import ServiceSpec
 from manager.manager import SchedulerManager
+from manager.params import query_int
 from services.runs import RunRecord, RunStore
 from storage.schema import runs
 
@@ -55,8 +55,8 @@ class Dashboard:
         return JSONResponse({"success": True, "data": body}, headers=_NO_CACHE)
 
     async def runs(self, request: Request) -> Response:
-        limit = _int_param(request, "limit", 25, 1, MAX_PAGE)
-        offset = _int_param(request, "offset", 0, 0, 10**9)
+        limit = query_int(request, "limit", 25, 1, MAX_PAGE)
+        offset = query_int(request, "offset", 0, 0, 10**9)
         scheduler = request.query_params.get("scheduler") or None
         records, total = await recent_runs(self.store, scheduler=scheduler, limit=limit, offset=offset)
         return JSONResponse(
@@ -92,19 +92,6 @@ async def recent_runs(
             )
         ).mappings()
         return [RunRecord(**row) for row in rows], int(total)
-
-
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise HTTPException(400, f"{name} must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise HTTPException(400, f"{name} must be between {low} and {high}, got {value}")
-    return value
 
 
 def routes(manager: SchedulerManager, store: RunStore, *, node_ttl: float) -> list[BaseRoute]:

@@ -21,6 +21,7 @@ from manager import dashboard
 from manager.manager import SchedulerManager
 from manager.metrics import SchedulerMetrics
 from manager.openapi import OPENAPI
+from manager.params import query_int
 from services.base import BaseSchedulerService, RunInProgress, ServiceError
 from services.registry import UnknownService
 from services.runs import RunStore
@@ -138,8 +139,8 @@ class AdminApp:
 
     async def list_runs(self, request: Request) -> Response:
         service = self._service(request)
-        limit = self._int_param(request, "limit", 50, 1, MAX_PAGE)
-        offset = self._int_param(request, "offset", 0, 0, 10**9)
+        limit = query_int(request, "limit", 50, 1, MAX_PAGE)
+        offset = query_int(request, "offset", 0, 0, 10**9)
         records, total = await self.store.list_runs(service.name, limit=limit, offset=offset)
         return JSONResponse({
             "success": True,
@@ -242,19 +243,6 @@ class AdminApp:
             return self.manager.get(request.path_params["name"]).service
         except UnknownService as exc:
             raise HTTPException(404, str(exc)) from None
-
-    @staticmethod
-    def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-        raw = request.query_params.get(name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise HTTPException(400, f"{name} must be an integer, got {raw!r}") from None
-        if not low <= value <= high:
-            raise HTTPException(400, f"{name} must be between {low} and {high}, got {value}")
-        return value
 
 
 def _one_line(exc: Exception) -> str:
