@@ -169,7 +169,7 @@ def test_unknown_scheduler_exits_2_listing_valid_names(env: dict[str, str], tmp_
     assert result.returncode == 2
     assert "unknown scheduler 'nope'" in result.stderr and "run-history-retention" in result.stderr
     missing = run_cli(["runner"], env, tmp_path)
-    assert missing.returncode == 2 and "--scheduler is required" in missing.stderr
+    assert missing.returncode == 2 and "--scheduler (or SCHEDULER_NAME) is required" in missing.stderr
 
 
 def test_list_and_check_config(env: dict[str, str], tmp_path: Path) -> None:
