@@ -50,8 +50,8 @@ from domain.analysis.apply import apply_analyses, fail_analysis, skip_analysis
 from domain.analysis.costs import Price, Usage, cost_of, price_for
 from domain.analysis.prompt import Transcript, chat_body, load_transcripts
 from domain.analysis.schema import InvalidAnalysis, SessionAnalysis, parse_analysis
+from domain.batch_api import BatchAPIError, RemoteBatch
 from domain.model import BatchStatus, RequestStatus
-from domain.openai_batch_client import BatchAPIError, RemoteBatch
 from domain.tables import ai_batch_requests, ai_processing_requests
 from storage.claims import MAX_LIMIT, ClaimSpec, claim_batch, db_utc_now_plus, release
 

@@ -35,7 +35,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 import anyio
@@ -49,7 +48,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from domain.companies import Company, list_companies
 from domain.csvfeed import COLUMNS, FeedParser, FeedRow, Rejection
 from domain.fetch import DEFAULT_MAX_BYTES, BasicAuth, FetchError, display_url, fetch_text
-from domain.model import CompanyStatus
+from domain.model import CompanyStatus, DuplicateMode
 from domain.secrets import SecretError, resolve_secret
 from domain.tables import companies, import_rejections, session_imports
 from storage.dbclock import db_utc_now
@@ -65,11 +64,6 @@ _RAW_LINE_MAX = 2000  # characters of a rejected line kept in import_rejections
 _REASON_MAX = 1000
 
 Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
-
-
-class DuplicateMode(StrEnum):
-    SKIP = "skip"
-    UPDATE = "update"
 
 
 @dataclass(frozen=True)

@@ -73,4 +73,11 @@ class BatchStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
+class DuplicateMode(StrEnum):
+    """What csv-import does with a row whose (company, external session id) it already has."""
+
+    SKIP = "skip"  # insert-only: the stored row stays as it is
+    UPDATE = "update"  # overwrite the raw fields of rows not processed yet
+
+
 PROCESSING_TYPE = "session_analysis"

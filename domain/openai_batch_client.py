@@ -13,63 +13,14 @@ original failed a batch for good after a 7 s outage). The API key never appears 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 import openai
 from openai import AsyncOpenAI
 
-MAX_ERROR_CHARS = 500
+from domain.batch_api import MAX_ERROR_CHARS, BatchAPIError, RemoteBatch
+
 _TRANSIENT_STATUS = frozenset({408, 409, 429})
 _LIST_PAGE = 100
-
-
-class BatchAPIError(Exception):
-    """A Batch API call failed. ``transient``: worth retrying later; ``status``: the HTTP status, if any."""
-
-    def __init__(self, message: str, *, transient: bool, status: int | None = None) -> None:
-        super().__init__(message)
-        self.transient = transient
-        self.status = status
-
-
-@dataclass(frozen=True)
-class RemoteBatch:
-    """What OpenAI says about one batch."""
-
-    id: str
-    status: str
-    input_file_id: str | None = None
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    created_at: int = 0
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    errors: tuple[str, ...] = ()
-
-    @property
-    def local_id(self) -> str | None:
-        return self.metadata.get("local_batch_id")
-
-    @classmethod
-    def from_sdk(cls, batch: Any) -> RemoteBatch:
-        errors: list[str] = []
-        for item in getattr(getattr(batch, "errors", None), "data", None) or []:
-            code = getattr(item, "code", None)
-            message = getattr(item, "message", None) or ""
-            line = getattr(item, "line", None)
-            where = f" (line {line})" if line is not None else ""
-            errors.append(f"{code or 'error'}{where}: {message}"[:MAX_ERROR_CHARS])
-        return cls(
-            id=str(batch.id),
-            status=str(batch.status),
-            input_file_id=batch.input_file_id,
-            output_file_id=batch.output_file_id,
-            error_file_id=batch.error_file_id,
-            created_at=int(batch.created_at or 0),
-            metadata={str(k): str(v) for k, v in (batch.metadata or {}).items()},
-            errors=tuple(errors),
-        )
 
 
 class BatchClient:

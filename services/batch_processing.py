@@ -31,7 +31,6 @@ from sqlalchemy import func, select
 from domain.analysis.settings import OpenAISettings
 from domain.batches import API_MAX_BYTES, API_MAX_REQUESTS, BatchProcessor, BatchSettings
 from domain.model import RequestStatus
-from domain.openai_batch_client import BatchClient
 from domain.tables import ai_processing_requests
 from services.base import BaseSchedulerService, RunContext
 from services.config import Milliseconds, Seconds, ServiceConfig, format_duration
@@ -90,6 +89,8 @@ class BatchProcessingService(BaseSchedulerService):
             default_model=openai.openai_model,
             usd_to_eur=openai.ai_usd_to_eur_rate,
         )
+        from domain.openai_batch_client import BatchClient  # the SDK only when a batch may really be sent
+
         async with BatchClient(
             api_key=openai.api_key,
             base_url=openai.openai_base_url,

@@ -14,7 +14,7 @@ from datetime import timedelta
 import anyio
 from pydantic import Field
 
-from domain.csv_import import DuplicateMode, ImportSettings, import_all
+from domain.model import DuplicateMode
 from services.base import BaseSchedulerService, RunContext
 from services.config import Milliseconds, ServiceConfig
 from services.registry import register
@@ -50,6 +50,9 @@ class CsvImportService(BaseSchedulerService):
     async def run_once(self, ctx: RunContext) -> None:
         assert isinstance(self.config, CsvImportConfig)
         c = self.config
+        # Imported on first run: a process that only registers this service never loads httpx, yaml, ...
+        from domain.csv_import import ImportSettings, import_all
+
         settings = ImportSettings(
             duplicate_mode=c.duplicate_mode,
             fetch_timeout=c.fetch_timeout.total_seconds(),

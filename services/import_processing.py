@@ -10,7 +10,6 @@ from datetime import timedelta
 import anyio
 from pydantic import Field
 
-from domain.import_processing import Outcome, Settings, process_imports
 from services.base import BaseSchedulerService, RunContext
 from services.config import Milliseconds, Seconds, ServiceConfig
 from services.registry import register
@@ -46,6 +45,9 @@ class ImportProcessingService(BaseSchedulerService):
     async def run_once(self, ctx: RunContext) -> None:
         assert isinstance(self.config, ImportProcessingConfig)
         c = self.config
+        # Imported on first run: a process that only registers this service never loads httpx and the parsers.
+        from domain.import_processing import Outcome, Settings, process_imports
+
         settings = Settings(
             batch_size=c.batch_size,
             concurrency=c.concurrency,

@@ -34,7 +34,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import anyio
 from pydantic import Field, model_validator
@@ -45,11 +45,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from domain.analysis import local
 from domain.analysis.apply import apply_analyses, fail_analysis, skip_analysis
 from domain.analysis.costs import price_for
-from domain.analysis.openai_direct import Call, OpenAIAnalyzer
 from domain.analysis.prompt import Transcript, load_transcripts
 from domain.analysis.requests import record_free, record_request
 from domain.analysis.schema import InvalidAnalysis, SessionAnalysis
 from domain.analysis.settings import OpenAISettings
+
+if TYPE_CHECKING:  # the SDK is imported when the openai provider is used, not by every process that registers us
+    from domain.analysis.openai_direct import Call, OpenAIAnalyzer
 from domain.model import CompanyStatus, RequestStatus, Stage, StageStatus
 from domain.tables import ai_processing_requests, companies, processing_status, sessions
 from services.base import BaseSchedulerService, RunContext
@@ -191,6 +193,8 @@ class SessionProcessing:
         direct_openai = self.config.provider == "openai" and self.config.mode == "direct"
         own_analyzer = direct_openai and self.analyzer is None
         if own_analyzer:
+            from domain.analysis.openai_direct import OpenAIAnalyzer
+
             self.analyzer = OpenAIAnalyzer(self.settings, invalid_retries=self.config.invalid_output_retries)
         try:
             remaining = self.config.batch_size or None  # None: no cap

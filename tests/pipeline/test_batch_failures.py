@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from domain.batch_api import RemoteBatch
 from domain.model import BatchStatus, RequestStatus, Stage, StageStatus
-from domain.openai_batch_client import RemoteBatch
 from domain.tables import ai_batch_requests, ai_processing_requests
 from services.clock import FakeClock
 from tests.pipeline.test_batch_processing import (  # noqa: F401

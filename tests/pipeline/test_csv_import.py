@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from demo import generate as demo
 from domain.companies import Company, list_companies, load_companies_file, upsert_companies
-from domain.csv_import import DuplicateMode, ImportSettings, import_all
-from domain.model import CompanyStatus
+from domain.csv_import import ImportSettings, import_all
+from domain.model import CompanyStatus, DuplicateMode
 from domain.tables import import_rejections, session_imports
 from services.clock import FakeClock
 from services.csv_import import CsvImportConfig, CsvImportService
