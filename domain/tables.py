@@ -27,21 +27,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
+from storage.claims import claim_columns
 from storage.schema import metadata
-from storage.types import UTCDateTime
+from storage.types import BigId, UTCDateTime
 
 # MariaDB's TEXT holds 64 KiB; transcripts and messages can be longer.
 LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
-# SQLite only auto-increments an INTEGER PRIMARY KEY; BIGINT elsewhere for tables that grow to millions of rows.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-
-def _claim_columns() -> list[Column[object]]:
-    return [
-        Column("claimed_by", String(255), nullable=True),  # the owner token of the run holding the item
-        Column("claimed_until", UTCDateTime(), nullable=True),  # database clock; past = claimable again
-    ]
 
 
 companies = Table(
@@ -90,7 +82,7 @@ session_imports = Table(
     Column("processed_at", UTCDateTime(), nullable=True),  # became a session, or failed for good
     Column("error", Text, nullable=True),  # why it could not become a session (never re-selected)
     Column("attempts", Integer, nullable=False, default=0),
-    *_claim_columns(),
+    *claim_columns(),
     UniqueConstraint("company_id", "external_session_id"),
     Index(None, "processed_at", "created_at", "id"),  # serves the import-processing claim
 )
@@ -168,7 +160,7 @@ processing_status = Table(
     Column("details", JSON, nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
-    *_claim_columns(),
+    *claim_columns(),
     UniqueConstraint("session_id", "stage"),
     CheckConstraint("retry_count >= 0", name="retry_count_not_negative"),
     CheckConstraint(
@@ -192,7 +184,7 @@ session_questions = Table(
     metadata,
     Column("session_id", String(36), ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True),
     Column("position", Integer, primary_key=True),
-    Column("question_id", BigInteger().with_variant(Integer(), "sqlite"), ForeignKey("questions.id"), nullable=False),
+    Column("question_id", BigId, ForeignKey("questions.id"), nullable=False),
     UniqueConstraint("session_id", "question_id"),
 )
 
@@ -216,7 +208,7 @@ ai_batch_requests = Table(
     Column("completed_at", UTCDateTime(), nullable=True),
     Column("processed_at", UTCDateTime(), nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
-    *_claim_columns(),
+    *claim_columns(),
     CheckConstraint(
         "status IN ('PENDING','UPLOADING','VALIDATING','IN_PROGRESS','FINALIZING','COMPLETED','PROCESSED',"
         "'FAILED','CANCELLED')",
@@ -256,7 +248,7 @@ ai_processing_requests = Table(
     Column("error_message", Text, nullable=True),
     Column("requested_at", UTCDateTime(), nullable=False),
     Column("completed_at", UTCDateTime(), nullable=True),
-    *_claim_columns(),
+    *claim_columns(),
     CheckConstraint(
         "processing_status IN ('PENDING_BATCHING','BATCHING_IN_PROGRESS','PROCESSING_COMPLETE','PROCESSING_FAILED')",
         name="processing_status",

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from manager import dashboard
+from manager import dashboard, jobs_api
 from manager.manager import SchedulerManager
 from manager.metrics import SchedulerMetrics
 from manager.openapi import OPENAPI
@@ -272,6 +272,7 @@ def create_app(admin: AdminApp, *, node_ttl: float = 60.0) -> Starlette:
         Route("/api/admin/schedulers/{name}", admin.update, methods=["PATCH"]),
         Route("/api/admin/schedulers/{name}/runs", admin.list_runs, methods=["GET"]),
         Route("/api/admin/schedulers/{name}/runs/{run_id}", admin.get_run, methods=["GET"]),
+        *jobs_api.routes(admin.store.engine, admin_token=admin.admin_token),  # /v1: HTTP cron jobs
         *dashboard.routes(admin.manager, admin.store, node_ttl=node_ttl),
     ]
     return Starlette(

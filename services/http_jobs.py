@@ -16,19 +16,19 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 from pydantic import Field, field_validator
 
-from jobs.dispatch import Dispatcher, DispatchSettings
-from jobs.retention import purge_beyond_count, purge_older_than
 from jobs.targets import TargetPolicy
 from services.base import BaseSchedulerService, RunContext
 from services.config import Milliseconds, Seconds, ServiceConfig
 from services.registry import register
 from services.schedule import Schedule, parse_schedule
+
+if TYPE_CHECKING:
+    from jobs.dispatch import Dispatcher
 
 
 @functools.lru_cache(maxsize=4096)
@@ -90,6 +90,11 @@ class HttpJobsService(BaseSchedulerService):
 
     async def run_once(self, ctx: RunContext) -> None:
         assert isinstance(self.config, HttpJobsConfig)
+        # Imported on first run: a process that only registers this service never loads httpx or the dispatcher.
+        import httpx
+
+        from jobs.dispatch import Dispatcher, DispatchSettings
+
         cfg = self.config
         owner = f"{self.store.node}:{ctx.run_id}"
         deadline = anyio.current_time() + cfg.run_window.total_seconds()
@@ -147,6 +152,8 @@ class HttpJobsService(BaseSchedulerService):
         if self._last_retention is not None and now - self._last_retention < cfg.log_retention_every.total_seconds():
             return
         self._last_retention = now
+        from jobs.retention import purge_beyond_count, purge_older_than
+
         engine = self.store.engine
         cutoff = ctx.clock.now() - cfg.log_max_age
         aged = 0

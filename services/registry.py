@@ -15,6 +15,7 @@ BUILTIN_MODULES = (
     "services.session_processing",
     "services.batch_processing",
     "services.backup",
+    "services.http_jobs",
 )
 
 _types: dict[str, type[BaseSchedulerService]] = {}

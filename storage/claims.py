@@ -93,6 +93,7 @@ __all__ = [
     "ClaimError",
     "ClaimSpec",
     "claim_batch",
+    "claim_columns",
     "db_utc_now",
     "db_utc_now_plus",
     "owned_by",
@@ -108,6 +109,14 @@ MAX_LIMIT = 10_000
 
 class ClaimError(RuntimeError):
     """The claim could not be made safely (e.g. the connection is not in a real transaction)."""
+
+
+def claim_columns() -> list[Column[Any]]:
+    """The two columns a work-item table needs for :class:`ClaimSpec` (``claimed_by``, ``claimed_until``)."""
+    return [
+        Column("claimed_by", String(255), nullable=True),  # the owner token of the run holding the item
+        Column("claimed_until", UTCDateTime(), nullable=True),  # database clock; past = claimable again
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------

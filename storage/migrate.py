@@ -36,7 +36,7 @@ _PG_LOCK_KEY = 0x5C4ED  # any constant; pg_advisory_xact_lock takes a bigint
 
 
 def target_metadata() -> MetaData:
-    """The MetaData migrations are generated from: storage.schema plus, when present, domain.tables.
+    """The MetaData migrations are generated from: storage.schema plus, when present, domain.tables and jobs.tables.
 
     Other modules register their tables on ``storage.schema.metadata``; importing them here makes sure
     autogenerate and the schema tests see every table.
@@ -45,6 +45,8 @@ def target_metadata() -> MetaData:
 
     if importlib.util.find_spec("domain") is not None and importlib.util.find_spec("domain.tables") is not None:
         importlib.import_module("domain.tables")
+    if importlib.util.find_spec("jobs") is not None and importlib.util.find_spec("jobs.tables") is not None:
+        importlib.import_module("jobs.tables")
     return schema.metadata
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import Column, MetaData, String, Table, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-HEAD = "0003_pipeline"
+HEAD = "0004_http_jobs"
 VERSION_TABLE = "scheduler_alembic_version"
 
 _version = Table(VERSION_TABLE, MetaData(), Column("version_num", String(32), primary_key=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime
+from sqlalchemy import BigInteger, DateTime, Integer
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -38,3 +38,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC)
+
+
+# A 64-bit auto-increment key: SQLite only auto-increments an INTEGER PRIMARY KEY, the others get BIGINT
+# (execution logs and message tables grow to millions of rows).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
