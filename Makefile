@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck pytest migrate bench bench-claims bench-replicas bench-failover clean
+.PHONY: run test lint typecheck pytest migrate bench bench-claims bench-replicas bench-failover chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench-replicas: $(STAMP_DEV)
 
 bench-failover: $(STAMP_DEV)
 	$(BIN)/python -m bench.failover
+
+# 10 minutes per engine (PostgreSQL, MariaDB): three replicas, one kill -9 every 20 s, then an audit of every fire.
+chaos: $(STAMP_DEV)
+	$(BIN)/python -m bench.chaos
 
 clean:
 	rm -rf $(VENV) var/*.db var/*.db-* bench/.venv-baseline

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -47,6 +47,8 @@ from services.status import InvalidTransition, ServiceStatus, can_transition
 _CLEANUP_TIMEOUT = 10.0
 # Back-off of the schedule loop after a database error, so an outage does not spin.
 _ERROR_BACKOFF = 1.0
+# Outcomes of an attempt that leave the fire time owed a retry when its node died before claiming one.
+_RETRYABLE = frozenset({RunStatus.ABANDONED.value, RunStatus.FAILED.value, RunStatus.TIMED_OUT.value})
 
 
 class ServiceError(RuntimeError):
@@ -663,18 +665,23 @@ class BaseSchedulerService(ABC):
             reason = f"node {expired.holder} stopped renewing its lease (it died or lost the database)"
             if old is not None and await self.store.resolve(old.id, RunStatus.ABANDONED, reason, at=now):
                 self._emit_abandoned(old.scheduled_for, reason, now)
-                if old.attempt <= self.config.max_retries and not self._stop_requested:
-                    handle.scheduled_for, handle.attempt = old.scheduled_for, old.attempt + 1
-                    run_id = await self.store.claim(self.name, old.scheduled_for, attempt=handle.attempt,
-                                                    trigger=Trigger.RETRY, started_at=self.clock.now())
-                    if run_id is not None:
-                        handle.run_id = run_id
-                        await self.coordinator.set_run(lease, run_id)
-                        self.log.warning("took over %s: retrying fire time %s as attempt %d", reason,
-                                         old.scheduled_for.isoformat(), handle.attempt)
-                        assert self._tg is not None
-                        self._tg.start_soon(self._execute, handle)
-                        handed_over = True
+                old = replace(old, status=RunStatus.ABANDONED.value)
+            # The retry is owed whoever closed the attempt: this takeover, the dead node's own restart
+            # (close_orphans), or the attempt's failure itself when the node died waiting out the back-off.
+            # The unique (service, fire time, attempt) makes sure only one node claims the next attempt.
+            owed = old is not None and old.status in _RETRYABLE and old.attempt <= self.config.max_retries
+            if old is not None and owed and not self._stop_requested:
+                handle.scheduled_for, handle.attempt = old.scheduled_for, old.attempt + 1
+                run_id = await self.store.claim(self.name, old.scheduled_for, attempt=handle.attempt,
+                                                trigger=Trigger.RETRY, started_at=self.clock.now())
+                if run_id is not None:
+                    handle.run_id = run_id
+                    await self.coordinator.set_run(lease, run_id)
+                    self.log.warning("took over %s: retrying fire time %s as attempt %d", reason,
+                                     old.scheduled_for.isoformat(), handle.attempt)
+                    assert self._tg is not None
+                    self._tg.start_soon(self._execute, handle)
+                    handed_over = True
             if not handed_over:
                 await self.coordinator.release(lease)
         except Exception as exc:

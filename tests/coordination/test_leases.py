@@ -404,3 +404,50 @@ async def test_outcomes_written_together_share_one_transaction(engine: AsyncEngi
         rows = {r.scheduler: r.holder for r in await conn.execute(select(leases.c.scheduler, leases.c.holder))}
     assert rows == {name: ("b" if name == "svc-04" else None) for name in names}  # released, except b's
     assert stale_run and (await store.get_run(stale_run)).status == "running"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("closed_as", "retried"),
+    [
+        pytest.param(RunStatus.FAILED, True, id="failed-then-died-in-back-off"),
+        pytest.param(RunStatus.ABANDONED, True, id="abandoned-by-its-own-restart"),
+        pytest.param(RunStatus.TIMED_OUT, True, id="timed-out-then-died"),
+        pytest.param(RunStatus.SUCCEEDED, False, id="succeeded"),
+    ],
+)
+async def test_takeover_claims_the_retry_an_already_closed_attempt_is_owed(
+    engine: AsyncEngine, closed_as: RunStatus, retried: bool
+) -> None:
+    """A node that dies after its attempt was closed but before it claimed the retry (waiting out the back-off,
+    or restarted and closed its own orphan) still leaves the retry owed: the survivor's takeover claims it."""
+    alive = coordinator(engine, "alive", ttl=1.5)
+    survivor = service(engine, "alive", alive, interval="0 0 1 1 *")  # no fire of its own during the test
+    dead_store = RunStore(engine, "dead")
+    when = datetime.now(UTC) - timedelta(seconds=5)
+    run_id = await dead_store.claim("job", when, attempt=1, trigger=Trigger.SCHEDULE, started_at=when)
+    assert run_id is not None
+    if closed_as is RunStatus.SUCCEEDED:
+        await dead_store.finish(run_id, closed_as, finished_at=when, duration=0.1)
+    else:
+        assert await dead_store.resolve(run_id, closed_as, "closed before the node died", at=when)
+    dead = coordinator(engine, "dead", ttl=1.5)
+    lease = await dead.acquire("job", run_id)
+    assert isinstance(lease, Lease)
+    async with engine.begin() as conn:  # the dead node never renews: its lease has run out
+        await conn.execute(leases.update().where(leases.c.scheduler == "job").values(
+            expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    async with anyio.create_task_group() as tg:
+        await tg.start(survivor.serve)
+        await alive.beat()
+        if retried:
+            await until(lambda: survivor.attempts == [2], what="the survivor to run the owed attempt 2")
+            records, _ = await dead_store.list_runs("job", limit=10, offset=0)
+            retry = next(r for r in records if r.attempt == 2)
+            assert (retry.node, retry.trigger, retry.scheduled_for) == ("alive", "retry", when)
+            assert (await dead_store.get_run(run_id)).status == closed_as.value  # type: ignore[union-attr]
+            survivor.release.set()
+        else:
+            await alive.beat()  # a second look changes nothing: a succeeded fire time is owed nothing
+            records, _ = await dead_store.list_runs("job", limit=10, offset=0)
+            assert [r.attempt for r in records] == [1] and survivor.attempts == []
+        tg.cancel_scope.cancel()
