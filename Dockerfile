@@ -18,6 +18,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY storage ./storage
 COPY domain ./domain
+COPY jobs ./jobs
 COPY services ./services
 COPY manager ./manager
 COPY runner ./runner

@@ -10,7 +10,7 @@ import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
@@ -125,6 +125,9 @@ def http_routes() -> dict[str, set[str]]:
     """Path -> methods of the admin HTTP app (the app is built with a stand-in; routes only name handlers)."""
 
     class Handlers:
+        store = SimpleNamespace(engine=None)  # the /v1 routes bind the engine; nothing is queried here
+        admin_token = None
+
         def __getattr__(self, name: str) -> Any:
             async def handler(request: Any) -> None:  # never called
                 raise AssertionError(name)

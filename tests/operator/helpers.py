@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.registry import service_types
+from services.registry import BUILTIN_MODULES, service_types
 
 
 def probe_config(tmp_path: Path, services: dict[str, str], *, extra: str = "") -> Path:
@@ -13,8 +13,9 @@ def probe_config(tmp_path: Path, services: dict[str, str], *, extra: str = "") -
     import tests.support.services  # noqa: F401  (registers `probe`)
 
     lines = ["services:"]
-    for name in service_types():
-        lines += [f"  {name}:", "    enabled: false"]
+    for name, cls in service_types().items():
+        if cls.__module__ in BUILTIN_MODULES:  # plugins another test loaded into this process are not ours
+            lines += [f"  {name}:", "    enabled: false"]
     for name, interval in services.items():
         lines += [f"  {name}:", "    type: probe", f"    interval: '{interval}'"]
     path = tmp_path / "config.yaml"
