@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -35,9 +36,7 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import uvicorn
@@ -49,43 +48,11 @@ from manager import jobs_api
 from storage.engine import create_engine
 from storage.migrate import upgrade
 from tests import db
+from tests.jobs.callback_server import CallbackServer
 from tests.support.processes import Proc, base_env, free_port
 
 ADMIN = "bench-admin-token"
 MINUTE = timedelta(minutes=1)
-
-
-class Receiver:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.raw: Counter[str] = Counter()
-        self.first_seen: dict[str, float] = {}  # fire_id -> receipt time (epoch seconds)
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                now = time.time()
-                elements: list[dict[str, Any]] = json.loads(body)
-                with receiver.lock:
-                    for element in elements:
-                        fire_id = element["fire_id"]
-                        receiver.raw[fire_id] += 1
-                        receiver.first_seen.setdefault(fire_id, now)
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/callback"
 
 
 def _api_server(url: str) -> tuple[uvicorn.Server, str]:
@@ -182,9 +149,10 @@ def main() -> int:
     url = db.create_database(admin_url)
     tmp = Path(tempfile.mkdtemp(prefix="bench-http-jobs-"))
     procs: list[Proc] = []
+    stack = contextlib.ExitStack()
     try:
         asyncio.run(upgrade(url))
-        receiver = Receiver()
+        receiver = stack.enter_context(CallbackServer())
         api, base = _api_server(url)
         created_in, _ = _create(base, receiver.url, args.jobs)
         print(f"created {args.jobs} jobs in {created_in:.1f} s ({args.jobs / created_in:.0f} jobs/s)", flush=True)
@@ -269,6 +237,7 @@ def main() -> int:
         print(json.dumps(result, indent=2))
         return 0 if missed == 0 and duplicates == 0 else 1
     finally:
+        stack.close()
         for proc in procs:
             proc.close()
         db.drop_database(admin_url, url)

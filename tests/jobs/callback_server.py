@@ -18,6 +18,7 @@ class CallbackServer:
         self.delay = delay  # seconds before answering: keeps a dispatcher's claims held longer
         self.lock = threading.Lock()
         self.raw: Counter[str] = Counter()
+        self.first_seen: dict[str, float] = {}  # fire_id -> first receipt (epoch seconds): receiver-side lag
         self.by_job: dict[str, set[str]] = {}
         self.last: dict[str, str] = {}  # newest fire time per job (ISO text of one format orders like time)
         self.requests = 0
@@ -27,12 +28,14 @@ class CallbackServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                now = time.time()
                 elements: list[dict[str, Any]] = json.loads(body)
                 with server.lock:
                     server.requests += 1
                     server.sizes.append(len(elements))
                     for element in elements:
                         server.raw[element["fire_id"]] += 1
+                        server.first_seen.setdefault(element["fire_id"], now)
                         server.by_job.setdefault(element["id"], set()).add(element["fire_time"])
                         if element["fire_time"] > server.last.get(element["id"], ""):
                             server.last[element["id"]] = element["fire_time"]

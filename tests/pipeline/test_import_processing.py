@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ from services.import_processing import ImportProcessingConfig, ImportProcessingS
 from services.runs import RunStatus, RunStore
 from storage.claims import claim_batch
 from storage.engine import create_engine
-from storage.migrate import upgrade
 from tests.support.feed_server import FeedServer
 from tests.support.wait import until
 
@@ -51,14 +50,7 @@ def feed() -> Iterator[FeedServer]:
 
 
 # ------------------------------------------------------------------------------------------------ database
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    await upgrade(db_url)
-    eng = create_engine(db_url)
-    yield eng
-    await eng.dispose()
+# `engine`: tests/pipeline/conftest.py (a fresh migrated database on every engine).
 
 
 @pytest.fixture(autouse=True)
