@@ -15,15 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from manager import app, companies, logs
 from manager.config import Config, ConfigError, load_config, redacted
+from manager.migrations import schema_problem
 from services.registry import UnknownService, service_types
 from services.runs import RunStatus
-from storage import revision
 from storage.errors import StorageConfigError, explain
-from storage.settings import StorageSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -43,19 +41,6 @@ def _load(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
     logs.configure(config.platform.log_format, config.platform.log_level)
     return config
-
-
-async def _check_schema(engine: AsyncEngine, storage: StorageSettings) -> str | None:
-    """None when the database is at the code's migration head, else what to do about it."""
-    try:
-        at = await revision.database_revision(engine)
-    except Exception as exc:
-        return storage.explain(exc)
-    wanted = revision.HEAD
-    if at != wanted:
-        return (f"the database is at migration {at or '(none)'} but this version needs {wanted}: "
-                "run `python -m manager migrate` (or `make migrate`)")
-    return None
 
 
 async def _import_legacy(config: Config) -> str | None:
@@ -90,7 +75,7 @@ def run_platform(args: argparse.Namespace, only: str | None = None) -> int:
     port = settings.scheduler_http_port if args.port is None else args.port
 
     async def main() -> int:
-        problem = await _check_schema(platform.engine, config.storage) or await _import_legacy(config)
+        problem = await schema_problem(platform.engine, config.storage) or await _import_legacy(config)
         if problem:
             await platform.engine.dispose()
             return _fail(problem, EXIT_FAILED)
@@ -254,7 +239,7 @@ def run_once(args: argparse.Namespace) -> int:
     except (ConfigError, StorageConfigError, UnknownService) as exc:
         return _fail(str(exc), EXIT_CONFIG)
     async def once() -> int:
-        problem = await _check_schema(platform.engine, config.storage)
+        problem = await schema_problem(platform.engine, config.storage)
         if problem:
             await platform.engine.dispose()
             return _fail(problem, EXIT_FAILED)
@@ -293,7 +278,7 @@ def run_status(args: argparse.Namespace) -> int:
 
     async def read() -> status.FleetStatus | str:
         try:
-            problem = await _check_schema(engine, config.storage)
+            problem = await schema_problem(engine, config.storage)
             if problem:
                 return problem
             snapshot = await status.read_snapshot(engine, services=[spec.name for spec in config.services])

@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 
 from manager.config import Config
-from storage import revision
+from manager.migrations import schema_problem
 from storage.engine import create_engine
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -50,10 +50,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     async def main() -> int:
         engine = create_engine(storage.url(), **storage.engine_options())
         try:
-            at = await revision.database_revision(engine)
-            if at != revision.HEAD:
-                print(f"error: the database is at migration {at or '(none)'} but this version needs "
-                      f"{revision.HEAD}: run `python -m manager migrate` first", file=sys.stderr)
+            problem = await schema_problem(engine, storage)
+            if problem:
+                print(f"error: {problem}", file=sys.stderr)
                 return EXIT_FAILED
             if args.action == "load":
                 result = await upsert_companies(engine, specs, datetime.now(UTC))
