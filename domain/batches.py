@@ -43,8 +43,9 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import anyio
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from domain.analysis.apply import apply_analyses, fail_analysis, skip_analysis
 from domain.analysis.costs import Price, Usage, cost_of, price_for
@@ -669,8 +670,7 @@ class BatchProcessor:
         async with self.engine.connect() as conn:
             rows = await conn.execute(
                 select(ai_processing_requests.c.id, ai_processing_requests.c.session_id).where(
-                    ai_processing_requests.c.batch_id == batch_id,
-                    ai_processing_requests.c.processing_status == RequestStatus.BATCHING_IN_PROGRESS.value,
+                    _in_flight(batch_id),
                 )
             )
             return {str(a): str(b) for a, b in rows}
@@ -731,8 +731,7 @@ class BatchProcessor:
             update(ai_processing_requests)
             .where(
                 ai_processing_requests.c.id == request_id,
-                ai_processing_requests.c.batch_id == batch_id,
-                ai_processing_requests.c.processing_status == RequestStatus.BATCHING_IN_PROGRESS.value,
+                _in_flight(batch_id),
             )
             .values(
                 processing_status=(
@@ -770,8 +769,7 @@ class BatchProcessor:
             update(ai_processing_requests)
             .where(
                 ai_processing_requests.c.id == request_id,
-                ai_processing_requests.c.batch_id == batch_id,
-                ai_processing_requests.c.processing_status == RequestStatus.BATCHING_IN_PROGRESS.value,
+                _in_flight(batch_id),
             )
             .values(
                 processing_status=RequestStatus.PROCESSING_FAILED.value,
@@ -795,8 +793,7 @@ class BatchProcessor:
                         ai_processing_requests.c.session_id,
                         ai_processing_requests.c.attempts,
                     ).where(
-                        ai_processing_requests.c.batch_id == batch_id,
-                        ai_processing_requests.c.processing_status == RequestStatus.BATCHING_IN_PROGRESS.value,
+                        _in_flight(batch_id),
                     )
                 )
             ).all()
@@ -852,3 +849,11 @@ class BatchProcessor:
 
 def _text(value: Any, limit: int) -> str | None:
     return str(value)[:limit] if value is not None else None
+
+
+def _in_flight(batch_id: str) -> ColumnElement[bool]:
+    """Requests travelling in this batch and not settled yet: the only rows its results may still write."""
+    return and_(
+        ai_processing_requests.c.batch_id == batch_id,
+        ai_processing_requests.c.processing_status == RequestStatus.BATCHING_IN_PROGRESS.value,
+    )
