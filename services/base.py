@@ -26,7 +26,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from services.clock import Clock, SystemClock
 from services.config import ServiceConfig
-from services.coordination import Busy, Coordinator, ExpiredLease, Lease
+from services.coordination import Busy, Coordinator, ExpiredLease, Lease, UnretriedAttempt
 from services.events import (
     ConfigUpdated,
     EventBus,
@@ -642,13 +642,17 @@ class BaseSchedulerService(ABC):
 
     # ------------------------------------------------------------------ takeover of a dead node's run
 
-    def _on_expired_lease(self, expired: ExpiredLease) -> None:
-        """Called by the coordinator's heartbeat: another node's lease on this service expired."""
-        if self._tg is not None and self._current is None and not self._stop_requested:
-            self._tg.start_soon(self._take_over, expired)
+    def _on_expired_lease(self, found: ExpiredLease | UnretriedAttempt) -> None:
+        """Called by the coordinator's heartbeat: another node's lease on this service expired, or an attempt
+        was closed without the retry it may be owed."""
+        if self._tg is None or self._current is not None or self._stop_requested:
+            return
+        if isinstance(found, UnretriedAttempt) and found.attempt > self.config.max_retries:
+            return  # its last attempt: nothing is owed
+        self._tg.start_soon(self._take_over, found)
 
-    async def _take_over(self, expired: ExpiredLease) -> None:
-        """Take the expired lease, mark its run abandoned, and retry it here as its next attempt."""
+    async def _take_over(self, found: ExpiredLease | UnretriedAttempt) -> None:
+        """Take the service's lease, mark a dead node's run abandoned, and retry it here as its next attempt."""
         assert self.coordinator is not None
         if self._current is not None:
             return
@@ -657,18 +661,21 @@ class BaseSchedulerService(ABC):
         self._current = handle  # reserve the run slot while we look
         handed_over = False
         try:
-            lease = await self.coordinator.acquire(self.name, expired.run_id)
+            lease = await self.coordinator.acquire(self.name, found.run_id)
             if isinstance(lease, Busy):
                 return
             handle.lease = lease
-            old = await self.store.get_run(expired.run_id) if expired.run_id else None
-            reason = f"node {expired.holder} stopped renewing its lease (it died or lost the database)"
-            if old is not None and await self.store.resolve(old.id, RunStatus.ABANDONED, reason, at=now):
-                self._emit_abandoned(old.scheduled_for, reason, now)
-                old = replace(old, status=RunStatus.ABANDONED.value)
+            old = await self.store.get_run(found.run_id) if found.run_id else None
+            if isinstance(found, ExpiredLease):
+                reason = f"node {found.holder} stopped renewing its lease (it died or lost the database)"
+                if old is not None and await self.store.resolve(old.id, RunStatus.ABANDONED, reason, at=now):
+                    self._emit_abandoned(old.scheduled_for, reason, now)
+                    old = replace(old, status=RunStatus.ABANDONED.value)
+            else:
+                reason = f"attempt {found.attempt} ended {found.status} and the node that owed its retry is gone"
             # The retry is owed whoever closed the attempt: this takeover, the dead node's own restart
-            # (close_orphans), or the attempt's failure itself when the node died waiting out the back-off.
-            # The unique (service, fire time, attempt) makes sure only one node claims the next attempt.
+            # (close_orphans), the orphan sweep, or the attempt's failure itself when the node died waiting
+            # out the back-off. The unique (service, fire time, attempt) makes sure only one node claims it.
             owed = old is not None and old.status in _RETRYABLE and old.attempt <= self.config.max_retries
             if old is not None and owed and not self._stop_requested:
                 handle.scheduled_for, handle.attempt = old.scheduled_for, old.attempt + 1

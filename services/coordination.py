@@ -8,7 +8,10 @@ under it is cancelled, and its late writes are rejected because they carry an ol
 
 When a node dies, its lease expires; the next heartbeat of any node serving that service sees it and
 calls the service's takeover handler, which marks the run abandoned and retries it (see
-`BaseSchedulerService.take_over`). Idle cost per heartbeat: three short statements.
+`BaseSchedulerService._take_over`). The service's next fire may take the expired lease first (it is free
+to anyone once expired): the dead run is then closed by the orphan sweep (or its node's restart), and the
+heartbeat finds it as an `UnretriedAttempt` whose retry the same handler claims. Idle cost per heartbeat:
+six short statements (clock, node row, expired leases, orphan sweep, unretried attempts, service states).
 """
 
 from __future__ import annotations
@@ -90,7 +93,26 @@ class ExpiredLease:
     token: int
 
 
-TakeoverHandler = Callable[[ExpiredLease], None]
+@dataclass(frozen=True)
+class UnretriedAttempt:
+    """An attempt closed as abandoned, failed or timed out that no lease covers and no later attempt follows.
+
+    Its retry (if the service's retries allow one) was owed by a node that is gone: the attempt's node
+    died after closing it, or died holding it while the service's next fire took the expired lease before
+    any heartbeat took it over (the orphan sweep or the node's restart then closed it as abandoned).
+    """
+
+    scheduler: str
+    run_id: str
+    attempt: int
+    status: str
+
+
+TakeoverHandler = Callable[[ExpiredLease | UnretriedAttempt], None]
+# Closed attempts younger than this many lock TTLs are checked for an owed retry; older history never is
+# (a fresh install of this check must not retry months-old failures).
+_UNRETRIED_HORIZON_TTLS = 4
+_RETRYABLE_STATUSES = ("abandoned", "failed", "timed_out")
 StateHandler = Callable[[ServiceState], None]
 
 
@@ -161,7 +183,8 @@ class Coordinator:
     # ------------------------------------------------------------------ wiring
 
     def on_expired(self, scheduler: str, handler: TakeoverHandler) -> None:
-        """Call `handler` when a lease of `scheduler` held by another node is found expired."""
+        """Call `handler` when a lease of `scheduler` held by another node is found expired, or an attempt of
+        `scheduler` is found closed without the retry it may be owed (`UnretriedAttempt`)."""
         self._takeover[scheduler] = handler
 
     def on_state(self, scheduler: str, handler: StateHandler) -> None:
@@ -435,16 +458,18 @@ class Coordinator:
         await self._renew()
         expired = await self._find_expired()
         await self._sweep_orphans()
+        unretried = await self._find_unretried()
         states = await self._states.load_states(list(self._state))
         if not self.healthy:
             log.info("coordination: database reachable; node %s heartbeating", self.node_id)
         self.healthy = True
         for name, state in states.items():
             self._state[name](state)
-        for lease in expired:
-            handler = self._takeover.get(lease.scheduler)
+        found_all: list[ExpiredLease | UnretriedAttempt] = [*expired, *unretried]
+        for found in found_all:
+            handler = self._takeover.get(found.scheduler)
             if handler is not None:
-                handler(lease)
+                handler(found)
 
     async def _align_clock(self) -> None:
         sent = self.clock.now() - self.clock.correction
@@ -529,6 +554,38 @@ class Coordinator:
             )
         if result.rowcount:
             log.warning("coordination: marked %d orphaned run(s) abandoned", result.rowcount)
+
+    async def _find_unretried(self) -> list[UnretriedAttempt]:
+        """Recently closed retryable attempts with no later attempt and no lease on them (see UnretriedAttempt).
+
+        A live node waiting out a retry's back-off still holds the lease naming the failed attempt, so its
+        retry is never taken from it; an expired lease is the takeover's (`_find_expired`). Services whose
+        lease this node holds are busy here and are skipped.
+        """
+        watched = [name for name in self._takeover if name not in self.held]
+        if not watched:
+            return []
+        later = runs.alias("later")
+        covered = (
+            select(leases.c.run_id)
+            .where(leases.c.holder.is_not(None), leases.c.run_id.is_not(None))
+            .scalar_subquery()
+        )
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(runs.c.scheduler, runs.c.id, runs.c.attempt, runs.c.status).where(
+                    runs.c.status.in_(_RETRYABLE_STATUSES),
+                    runs.c.scheduler.in_(watched),
+                    runs.c.finished_at > db_utc_now_plus(-self.lock_ttl * _UNRETRIED_HORIZON_TTLS),
+                    runs.c.id.not_in(covered),
+                    ~select(later.c.id).where(
+                        later.c.scheduler == runs.c.scheduler,
+                        later.c.scheduled_for == runs.c.scheduled_for,
+                        later.c.attempt == runs.c.attempt + 1,
+                    ).exists(),
+                )
+            )
+            return [UnretriedAttempt(r.scheduler, r.id, int(r.attempt), r.status) for r in rows]
 
     # ------------------------------------------------------------------ node registry
 

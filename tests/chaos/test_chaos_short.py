@@ -169,20 +169,6 @@ def test_chaos_soak_60_seconds_on_postgresql(postgres_url: str, tmp_path: Path) 
     checks = result["checks"]
     for name in ("exactly_one_terminal", "no_overlap", "no_overlap_rows", "fencing", "none_running"):
         assert checks[name]["ok"], f"{name} failed: {brief}"
-    # retries_honoured found two ways a kill lost a fire time's owed retries (fixed in _take_over) and one that is
-    # still open: when the service's NEXT fire takes the dead holder's expired lease before a heartbeat takeover
-    # does, the dead run is closed abandoned and its retry is not claimed (issue 4). Until that is fixed, a lost
-    # retry of exactly that kind is reported as an expected failure with its evidence; any other kind fails.
-    if not checks["retries_honoured"]["ok"]:
-        lost = checks["retries_honoured"]["examples"]
-        if all(_superseded_by_next_fire(example) for example in lost):
-            pytest.xfail(
-                f"known gap (issue 4), retry lost when the next fire took the lease: {json.dumps(lost)[:3000]}"
-            )
-        raise AssertionError(f"retries_honoured failed: {brief}")
-
-
-def _superseded_by_next_fire(example: dict[str, Any]) -> bool:
-    """The open gap's signature: attempt 1 closed abandoned (by its node's restart or the orphan sweep), no retry."""
-    rows = example["rows"]
-    return len(rows) == 1 and rows[0]["attempt"] == 1 and rows[0]["status"] == "abandoned"
+    # A kill must not eat a fire time's owed retries: neither when a heartbeat takes the dead holder's lease
+    # over, nor when the service's next fire takes the expired lease first (the heartbeat's unretried sweep).
+    assert checks["retries_honoured"]["ok"], f"retries_honoured failed: {brief}"

@@ -451,3 +451,69 @@ async def test_takeover_claims_the_retry_an_already_closed_attempt_is_owed(
             records, _ = await dead_store.list_runs("job", limit=10, offset=0)
             assert [r.attempt for r in records] == [1] and survivor.attempts == []
         tg.cancel_scope.cancel()
+
+
+async def test_retry_is_claimed_when_the_next_fire_took_the_dead_holders_lease(engine: AsyncEngine) -> None:
+    """The dead node's lease expired, and the service's next fire on a survivor took it before any heartbeat
+    took it over: the orphan sweep closes the dead run as abandoned, and the heartbeat still claims its retry."""
+    alive = coordinator(engine, "alive", ttl=1.5)
+    survivor = service(engine, "alive", alive, interval="0 0 1 1 *")
+    dead_store, alive_store = RunStore(engine, "dead"), RunStore(engine, "alive")
+    first = datetime.now(UTC) - timedelta(seconds=5)
+    run_id = await dead_store.claim("job", first, attempt=1, trigger=Trigger.SCHEDULE, started_at=first)
+    assert run_id is not None
+    dead = coordinator(engine, "dead", ttl=1.5)
+    assert isinstance(await dead.acquire("job", run_id), Lease)
+    async with engine.begin() as conn:  # the dead node never renews: its lease has run out
+        await conn.execute(leases.update().where(leases.c.scheduler == "job").values(
+            expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    second = first + timedelta(seconds=3)
+    next_id, lease = await alive.claim(
+        alive_store.claim_row("job", second, attempt=1, trigger=Trigger.SCHEDULE, started_at=second))
+    assert next_id is not None and isinstance(lease, Lease)  # the next fire won the expired lease
+    assert await alive_store.finish(next_id, RunStatus.SUCCEEDED, finished_at=second, duration=0.1,
+                                    fence=("job", lease.token), release_lease=True)
+    alive.forget(lease)
+    assert (await dead_store.get_run(run_id)).status == "running"  # type: ignore[union-attr]
+    async with anyio.create_task_group() as tg:
+        await tg.start(survivor.serve)
+        await alive.beat()
+        await until(lambda: survivor.attempts == [2], what="the survivor to retry the superseded run")
+        records, _ = await dead_store.list_runs("job", limit=10, offset=0)
+        by_attempt = {(r.scheduled_for, r.attempt): r for r in records}
+        assert by_attempt[(first, 1)].status == "abandoned"
+        retry = by_attempt[(first, 2)]
+        assert (retry.node, retry.trigger) == ("alive", "retry")
+        survivor.release.set()
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("situation", "ttls_ago", "attempt", "renewed"),
+    [
+        pytest.param("a live node waits out the back-off", 0, 1, True, id="covered-by-a-live-lease"),
+        pytest.param("its last attempt", 0, 2, False, id="no-retries-left"),
+        pytest.param("history older than the horizon", 10, 1, False, id="too-old"),
+    ],
+)
+async def test_closed_attempts_that_owe_no_retry_here_are_left_alone(
+    engine: AsyncEngine, situation: str, ttls_ago: int, attempt: int, renewed: bool
+) -> None:
+    alive = coordinator(engine, "alive", ttl=1.5)
+    survivor = service(engine, "alive", alive, interval="0 0 1 1 *")  # max_retries 1
+    other_store = RunStore(engine, "other")
+    when = datetime.now(UTC) - timedelta(seconds=1.5 * ttls_ago + 5)
+    run_id = await other_store.claim("job", when, attempt=attempt, trigger=Trigger.SCHEDULE, started_at=when)
+    assert run_id is not None
+    assert await other_store.resolve(run_id, RunStatus.FAILED, "boom", at=when + timedelta(seconds=1))
+    if renewed:
+        other = coordinator(engine, "other", ttl=1.5)
+        assert isinstance(await other.acquire("job", run_id), Lease)
+    async with anyio.create_task_group() as tg:
+        await tg.start(survivor.serve)
+        await alive.beat()
+        await alive.beat()
+        records, _ = await other_store.list_runs("job", limit=10, offset=0)
+        assert [r.attempt for r in records] == [attempt], situation
+        assert survivor.attempts == [], situation
+        tg.cancel_scope.cancel()
